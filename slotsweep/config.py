@@ -1,0 +1,345 @@
+"""Typed, frozen, validated trial configuration.
+
+A trial is fully described by a `TrialConfig`: model, loss, data, train and eval
+sections. Configs load from YAML, take dotted-key overrides (`loss.beta=0.1`) and
+serialise back to YAML losslessly. Every error names the file and the dotted key path,
+in one line, at load time. No torch import here: the sweep layer validates sweep files
+before any worker starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+IntTuple = Annotated[tuple[PositiveInt, ...], Field(strict=False)]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float (YAML 1.2), not the string YAML 1.1 gives."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no object construction), with YAML 1.2 floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key path."""
+
+
+class _Section(BaseModel):
+    # strict: YAML already types values, so "64" for an int is a mistake, not a coercion.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelConfig(_Section):
+    """The slot model (Locatello et al. 2020; DINOSAUR, Seitzer et al. 2022)."""
+
+    encoder: Literal["cnn", "features"] = "cnn"
+    decoder: Literal["broadcast_cnn", "broadcast_mlp_upsample", "mlp_patch"] = "broadcast_cnn"
+    resolution: PositiveInt = 64
+    num_slots: PositiveInt = 5
+    num_iterations: PositiveInt = 3
+    slot_size: PositiveInt = 64
+    mlp_hidden_size: PositiveInt = 128
+    # gaussian: slots ~ N(mu, sigma) with learned mu, sigma (Locatello et al.).
+    slot_init: Literal["gaussian"] = "gaussian"
+    # Evaluation uses fixed noise (seeded) so FG-ARI is deterministic; "mean" starts every
+    # slot at mu, which for a shared Gaussian makes all slots identical forever.
+    eval_slot_init: Literal["seeded", "mean"] = "seeded"
+    eval_seed: NonNegInt = 0
+    epsilon: PositiveFloat = 1e-8
+    norm_eps: PositiveFloat = 1e-3
+    # CNN encoder on pixels: 4 x conv 5x5 (Locatello et al. multi-dSprites / CLEVR).
+    encoder_channels: PositiveInt = 64
+    encoder_kernel: PositiveInt = 5
+    # Precomputed ViT tokens (DINOSAUR): T tokens of feature_dim.
+    feature_dim: PositiveInt = 768
+    num_patches: PositiveInt = 196
+    # Decoders.
+    decoder_channels: PositiveInt = 32
+    decoder_kernel: PositiveInt = 5
+    decoder_layers: PositiveInt = 4
+    broadcast_size: PositiveInt = 8
+    decoder_hidden: IntTuple = (2048, 2048, 2048)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.decoder == "mlp_patch" and self.encoder != "features":
+            raise ValueError(
+                "decoder: 'mlp_patch' reconstructs ViT features; needs encoder: features"
+            )
+        if self.decoder == "broadcast_mlp_upsample":
+            steps = self.resolution // self.broadcast_size
+            if self.resolution % self.broadcast_size or steps & (steps - 1):
+                raise ValueError(
+                    f"resolution: {self.resolution} must be broadcast_size "
+                    f"({self.broadcast_size}) times a power of two"
+                )
+        if self.slot_init == "gaussian" and self.eval_slot_init == "mean" and self.num_slots > 1:
+            raise ValueError(
+                "eval_slot_init: 'mean' gives identical slots with slot_init 'gaussian'; "
+                "use 'seeded'"
+            )
+        grid = round(self.num_patches**0.5)
+        if self.encoder == "features" and grid * grid != self.num_patches:
+            raise ValueError(f"num_patches: {self.num_patches} is not a square token grid")
+        if self.encoder_kernel % 2 == 0 or self.decoder_kernel % 2 == 0:
+            raise ValueError("encoder_kernel/decoder_kernel: must be odd")
+        return self
+
+    @property
+    def target(self) -> str:
+        """What the decoder reconstructs: 'features' for DINOSAUR, else 'image'."""
+        return "features" if self.decoder == "mlp_patch" else "image"
+
+
+class LossConfig(_Section):
+    """Reconstruction + beta * bottleneck term (paper Sec. 3; DESIGN.md)."""
+
+    type: Literal["none", "covloss", "vicreg", "cosine"] = "none"
+    beta: NonNegFloat = 0.0
+    warmup_steps: NonNegInt = 0
+    # Projection head h: proj_depth hidden layers of proj_dim (Linear, norm, ReLU), then Linear.
+    proj_depth: NonNegInt = 2
+    proj_dim: PositiveInt = 1024
+    proj_norm: Literal["layernorm", "batchnorm", "none"] = "layernorm"
+    # variance term v(Z) (vicreg only): gamma target std, eps inside the sqrt.
+    gamma: NonNegFloat = 1.0
+    eps: PositiveFloat = 1e-4
+    # covariance term c(Z): the paper divides by P, the authors' runs by P^2.
+    cov_normalize: Literal["p", "p2"] = "p"
+    cov_over: Literal["features", "slots"] = "features"
+    # cosine term: paper's sum over pairs i != j, or the authors' mean over all B*K^2 pairs.
+    cosine_margin: Annotated[float, Field(ge=-1, lt=1)] = 0.2
+    cosine_reduction: Literal["sum", "mean"] = "sum"
+
+    @property
+    def uses_head(self) -> bool:
+        return self.type in ("covloss", "vicreg")
+
+
+class DataConfig(_Section):
+    """Where the Arrow shards are; `synthetic` generates colored multi-dSprites first."""
+
+    train: str = "data/dsprites/train"
+    val: str = "data/dsprites/val"
+    synthetic: bool = False
+    synthetic_train: PositiveInt = 10_000
+    synthetic_val: PositiveInt = 320
+    synthetic_seed: NonNegInt = 0
+    num_workers: NonNegInt = 0
+
+
+class TrainConfig(_Section):
+    """Optimisation (Adam, warmup then exponential decay; PAPER.md reference values)."""
+
+    steps: PositiveInt = 500_000
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 4e-4
+    warmup_steps: NonNegInt = 10_000
+    decay_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    decay_steps: PositiveInt = 100_000
+    # Locatello et al. and the authors decay from step 0; DINOSAUR only after warmup.
+    decay_after_warmup: bool = False
+    grad_clip: NonNegFloat = 0.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    log_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 1000
+
+
+class EvalConfig(_Section):
+    every: PositiveInt = 5000
+    batch_size: PositiveInt = 64
+    max_images: PositiveInt = 320
+    num_pictures: NonNegInt = 8
+
+
+class TrialConfig(_Section):
+    seed: NonNegInt = 0
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialConfig:
+        loss, model = self.loss, self.model
+        if loss.uses_head and loss.proj_depth == 0 and loss.proj_dim != model.slot_size:
+            raise ValueError(
+                f"loss.proj_dim: {loss.proj_dim} must equal model.slot_size "
+                f"({model.slot_size}) when loss.proj_depth is 0 (identity head)"
+            )
+        if loss.uses_head and loss.proj_norm == "batchnorm" and self.train.batch_size < 2:
+            raise ValueError("loss.proj_norm: batchnorm needs train.batch_size >= 2")
+        if loss.type != "none" and loss.beta == 0:
+            raise ValueError(f"loss.beta: is 0, so loss.type '{loss.type}' would do nothing")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys → values (MLflow params, sweep spaces)."""
+        return flatten(self.to_dict())
+
+
+# ---------------------------------------------------------------- loading
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def known_keys() -> set[str]:
+    """Every dotted key a TrialConfig accepts (used to validate sweep search spaces)."""
+    return set(TrialConfig().flat())
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`loss.beta=0.1` → ("loss.beta", 0.1); the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.beta=0.1")
+    try:
+        value = yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return key.strip(), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `tree` with dotted keys set. Unknown keys are caught by validation."""
+    tree = _deepcopy(tree)
+    for dotted, value in overrides.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def _deepcopy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deepcopy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deepcopy(v) for v in tree]
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML mapping; syntax errors and non-mappings name the file (and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    data: dict[str, Any], *, source: str = "<config>", overrides: dict[str, Any] | None = None
+) -> TrialConfig:
+    """Validate a config tree (plus dotted overrides) into a TrialConfig."""
+    tree = apply_overrides(data, overrides or {})
+    try:
+        return TrialConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, TrialConfig)) from None
+
+
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | list[str] | None = None
+) -> TrialConfig:
+    """Load a trial config YAML file, applying `key=value` strings or a dotted-key dict."""
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(item) for item in overrides)
+    return build_config(read_yaml(path), source=str(path), overrides=overrides)
+
+
+def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel]) -> str:
+    """One line per problem: `file: dotted.key: message (got value)`."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            msg = "unknown key" + _suggest(err["loc"], root)
+        elif kind == "value_error":
+            # Cross-field checks name their own key: "loss.beta: ..." or "resolution: ...".
+            msg = msg.removeprefix("Value error, ")
+            key, sep, rest = msg.partition(": ")
+            if sep and " " not in key:
+                loc = ".".join(filter(None, [loc, key]))
+                msg = rest
+        else:
+            msg = f"{msg} (got {err['input']!r})" if "input" in err else msg
+            msg = msg[0].lower() + msg[1:]
+        lines.append(f"{source}: {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _suggest(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
+    model: Any = root
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        model = field.annotation
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"

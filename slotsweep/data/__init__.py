@@ -1,0 +1,1 @@
+"""Datasets: Arrow shards and the built-in synthetic colored multi-dSprites."""
