@@ -1,0 +1,71 @@
+"""Self-describing training checkpoints, written atomically, loaded without pickle code.
+
+A checkpoint is a directory `step-00001000/` holding `state.pt` (model, optimizer,
+step, RNG state) and `config.yaml` (the resolved trial config). It is written under a
+temporary name and renamed when complete, so a crash never leaves a half checkpoint
+where `latest()` would find it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE = "state.pt"
+CONFIG = "config.yaml"
+_PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names its path."""
+
+
+def save(root: str | Path, step: int, state: dict[str, Any], config_yaml: str, keep: int = 2):
+    """Write `root/step-NNNNNNNN/` atomically; keep the newest `keep`. Returns its path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_PREFIX}{step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE)
+    (tmp / CONFIG).write_text(config_yaml)
+    if final.exists():  # the same step written again after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in all_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def all_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest(root: str | Path) -> Path | None:
+    found = all_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load `path/state.pt` with `weights_only=True`: tensors and plain data only."""
+    file = Path(path) / STATE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: no checkpoint state here (expected {STATE})")
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, wrong format
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{file}: cannot load checkpoint ({first}); delete this checkpoint directory "
+            "to resume from an earlier one"
+        ) from None

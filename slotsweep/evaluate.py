@@ -1,0 +1,48 @@
+"""Evaluation on the validation split: FG-ARI, mBO and reconstruction, deterministically."""
+
+from __future__ import annotations
+
+import torch
+
+from slotsweep.batches import Batches, to_model_inputs
+from slotsweep.config import TrialConfig
+from slotsweep.losses import compute_losses
+from slotsweep.metrics import fg_ari, mbo, nanmean
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Batches,
+    config: TrialConfig,
+    *,
+    step: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Mean per-image FG-ARI and mBO (images with no object skipped) and loss terms.
+
+    The model runs in eval mode: slots start from the fixed seeded draw, so the same
+    checkpoint always gets the same score.
+    """
+    was_training = model.training
+    model.eval()
+    aris, mbos, sums, count = [], [], {}, 0
+    for batch in batches.eval_batches(config.eval.batch_size, config.eval.max_images):
+        inputs, target, segmentation = to_model_inputs(batch, config.model, device)
+        with torch.autocast(device.type, torch.bfloat16, enabled=config.train.precision == "bf16"):
+            out = model(inputs)
+        terms = compute_losses(out, target, config.loss, step=step)
+        n = inputs.shape[0]
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * n
+        count += n
+        if segmentation is not None:
+            masks = out["masks"].float()
+            aris.append(fg_ari(masks, segmentation))
+            mbos.append(mbo(masks, segmentation))
+    model.train(was_training)
+    metrics = {f"val/{name}": total / count for name, total in sums.items()}
+    if aris:
+        metrics["val/fg_ari"] = nanmean(torch.cat(aris))
+        metrics["val/mbo"] = nanmean(torch.cat(mbos))
+    return metrics

@@ -1,0 +1,168 @@
+"""The shared trainer: reports, resume equivalence, checkpoints, NaN guard, schedule."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from slotsweep import checkpoint
+from slotsweep.batches import Batches
+from slotsweep.config import TrainConfig, build_config
+from slotsweep.data.shards import ShardDataset, ShardWriter
+from slotsweep.train import NonFiniteLossError, fit, get_lr
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_fit_reports_metrics_and_checkpoints(tiny_config, tmp_path):
+    reports = []
+    result = fit(tiny_config(), lambda m, c: reports.append((m, c)), workdir=tmp_path, log=None)
+    assert [m["step"] for m, _ in reports] == [4, 8]
+    metrics, ckpt = reports[-1]
+    for key in ("val/fg_ari", "val/mbo", "val/recon", "train/loss", "train/recon", "lr"):
+        assert math.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["val/mbo"] <= 1.0 and -1.0 <= metrics["val/fg_ari"] <= 1.0
+    assert result["val/fg_ari"] == metrics["val/fg_ari"]
+    state = checkpoint.load(ckpt)
+    assert state["step"] == 8
+    assert (tmp_path / "checkpoints" / "step-00000008" / "config.yaml").read_text() == (
+        tiny_config().to_yaml()
+    )
+
+
+def test_loss_terms_of_the_bottleneck_are_reported(tiny_config, tmp_path):
+    cfg = tiny_config(loss={"type": "vicreg", "beta": 0.1, "proj_dim": 32})
+    result = fit(cfg, workdir=tmp_path, log=None)
+    for key in ("train/covariance", "train/variance", "val/covariance", "val/variance"):
+        assert math.isfinite(result[key]), key
+
+
+def _params(workdir):
+    return checkpoint.load(checkpoint.latest(workdir / "checkpoints"))["model"]
+
+
+@pytest.mark.parametrize("loss", [{}, {"type": "covloss", "beta": 1.0, "proj_dim": 32,
+                                        "proj_norm": "batchnorm"}])
+def test_resume_continues_the_same_trajectory(tiny_config, tmp_path, loss):
+    cfg = tiny_config(loss=loss)
+    fit(cfg, workdir=tmp_path / "straight", log=None)
+
+    def crash_at_4(metrics, ckpt):
+        if metrics["step"] == 4:
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit(cfg, crash_at_4, workdir=tmp_path / "resumed", log=None)
+    steps = []
+    fit(cfg, lambda m, c: steps.append(m["step"]), workdir=tmp_path / "resumed", log=None)
+    assert steps == [8]  # resumed at 4: only the second half ran
+    straight, resumed = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_training_order_is_a_function_of_seed_and_step(dsprites16):
+    batches = Batches(ShardDataset(dsprites16 / "train"))
+    first = [batches.indices(s, 8, seed=1) for s in range(20)]
+    again = Batches(ShardDataset(dsprites16 / "train"))
+    assert all(np.array_equal(a, again.indices(s, 8, seed=1)) for s, a in enumerate(first))
+    epoch0 = np.concatenate(first[:8])  # 64 rows / batch 8 = 8 steps per epoch
+    assert sorted(epoch0.tolist()) == list(range(64))
+    assert not np.array_equal(first[0], batches.indices(0, 8, seed=2))
+
+
+def test_data_loader_workers_give_the_same_batches(dsprites16):
+    batches = Batches(ShardDataset(dsprites16 / "train", columns=["image"]))
+    plain = batches.train_batches(start=3, batch_size=8, seed=0)
+    workers = batches.train_batches(start=3, batch_size=8, seed=0, num_workers=2)
+    for _ in range(10):
+        assert torch.equal(next(plain)["image"], next(workers)["image"])
+
+
+def _nan_features(path, bad_row):
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((32, 16, 8)).astype(np.float16)
+    features[bad_row, 3, 2] = np.nan
+    with ShardWriter(path, rows_per_shard=16) as writer:
+        writer.write({"id": np.arange(32, dtype=np.int64), "features": features,
+                      "segmentation": rng.integers(0, 3, (32, 4, 4)).astype(np.int16)})
+
+
+def test_non_finite_loss_stops_with_step_and_terms_and_keeps_last_checkpoint(tmp_path):
+    data = tmp_path / "feat"
+    seed, batch = 0, 8
+    _nan_features(data / "train", bad_row=0)
+    _nan_features(data / "val", bad_row=31)
+    order = Batches(ShardDataset(data / "train"))
+    bad_step = next(s for s in range(100) if 0 in order.indices(s, batch, seed))
+    cfg = build_config({
+        "seed": seed,
+        "model": {"encoder": "features", "decoder": "mlp_patch", "feature_dim": 8,
+                  "num_patches": 16, "slot_size": 8, "mlp_hidden_size": 8, "num_slots": 2,
+                  "decoder_hidden": [16]},
+        "data": {"train": str(data / "train"), "val": str(data / "val")},
+        "train": {"steps": 100, "batch_size": batch, "checkpoint_every": 1, "log_every": 50,
+                  "device": "cpu"},
+        "eval": {"every": 1000, "max_images": 8},
+    })
+    with pytest.raises(NonFiniteLossError, match=rf"at step {bad_step}: recon=nan, loss=nan"):
+        fit(cfg, workdir=tmp_path / "run", log=None)
+    last = checkpoint.latest(tmp_path / "run" / "checkpoints")
+    if bad_step == 0:
+        assert last is None
+    else:
+        state = checkpoint.load(last)
+        assert state["step"] == bad_step
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
+    fit(tiny_config(), workdir=tmp_path, log=None)
+    last = checkpoint.latest(tmp_path / "checkpoints")
+    (last / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match=str(last)):
+        fit(tiny_config(), workdir=tmp_path, log=None)
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "step-00000001"
+    path.mkdir()
+    torch.save({"x": Evil()}, path / "state.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot load checkpoint"):
+        checkpoint.load(path)
+
+
+def test_lr_schedule_warmup_and_decay():
+    t = TrainConfig(lr=1.0, warmup_steps=10, decay_rate=0.5, decay_steps=100)
+    assert get_lr(0, t) == pytest.approx(0.1 * 0.5 ** (0 / 100))
+    assert get_lr(9, t) == pytest.approx(0.5 ** (9 / 100))
+    assert get_lr(109, t) == pytest.approx(0.5 ** (109 / 100))
+    after = t.model_copy(update={"decay_after_warmup": True})
+    assert get_lr(9, after) == pytest.approx(1.0)
+    assert get_lr(110, after) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_cli_trains_and_resumes(tiny_config, tmp_path):
+    cfg_path = tmp_path / "trial.yaml"
+    cfg_path.write_text(tiny_config().to_yaml())
+    cmd = [sys.executable, "-m", "slotsweep.train", str(cfg_path), "--workdir",
+           str(tmp_path / "run")]
+    first = subprocess.run(cmd + ["train.steps=4"], capture_output=True, text=True, check=True)
+    assert "step 4/4" in first.stdout and "FG-ARI" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "resumed from" in second.stdout and "step 8/8" in second.stdout
+    bad = subprocess.run(cmd + ["loss.betta=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "loss.betta: unknown key" in bad.stderr
