@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from slotsweep.config import ModelConfig
-from slotsweep.data.shards import ShardDataset, ShardError
+from slotsweep.data.shards import ShardDataset, ShardError, read_manifest
 
 
 def columns_for(model: ModelConfig, *, eval: bool) -> list[str]:
@@ -70,6 +70,8 @@ class Batches:
     @classmethod
     def open(cls, path: str, model: ModelConfig, *, eval: bool) -> Batches:
         columns = columns_for(model, eval=eval)
+        if eval and "image" not in columns and "image" in read_manifest(path)["columns"]:
+            columns.append("image")  # for mask pictures of feature models
         shards = ShardDataset(path, columns=columns, expect_shapes=expected_shapes(model, columns))
         if len(shards) == 0:
             raise ShardError(f"{path}: the split is empty (0 rows); re-run prepare")

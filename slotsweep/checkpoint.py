@@ -24,8 +24,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names its path."""
 
 
-def save(root: str | Path, step: int, state: dict[str, Any], config_yaml: str, keep: int = 2):
-    """Write `root/step-NNNNNNNN/` atomically; keep the newest `keep`. Returns its path."""
+def save(
+    root: str | Path, step: int, state: dict[str, Any], config_yaml: str, *, keep: int = 2,
+    files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write `root/step-NNNNNNNN/` atomically (plus any extra `files`, e.g. a mask
+    picture); keep the newest `keep`. Returns its path."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:08d}"
@@ -34,6 +38,8 @@ def save(root: str | Path, step: int, state: dict[str, Any], config_yaml: str, k
     tmp.mkdir()
     torch.save(state, tmp / STATE)
     (tmp / CONFIG).write_text(config_yaml)
+    for name, data in (files or {}).items():
+        (tmp / name).write_bytes(data)
     if final.exists():  # the same step written again after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -8,6 +8,7 @@ from slotsweep.batches import Batches, to_model_inputs
 from slotsweep.config import TrialConfig
 from slotsweep.losses import compute_losses
 from slotsweep.metrics import fg_ari, mbo, nanmean
+from slotsweep.pictures import mask_picture, to_uint8
 
 
 @torch.no_grad()
@@ -18,15 +19,17 @@ def evaluate(
     *,
     step: int,
     device: torch.device,
-) -> dict[str, float]:
-    """Mean per-image FG-ARI and mBO (images with no object skipped) and loss terms.
+) -> tuple[dict[str, float], bytes | None]:
+    """Mean per-image FG-ARI and mBO (images with no object skipped), loss terms, and a
+    PNG of masks on the first `eval.num_pictures` validation images (None if 0).
 
     The model runs in eval mode: slots start from the fixed seeded draw, so the same
-    checkpoint always gets the same score.
+    checkpoint always gets the same score, and the pictures show the same images.
     """
     was_training = model.training
     model.eval()
     aris, mbos, sums, count = [], [], {}, 0
+    picture = None
     for batch in batches.eval_batches(config.eval.batch_size, config.eval.max_images):
         inputs, target, segmentation = to_model_inputs(batch, config.model, device)
         with torch.autocast(device.type, torch.bfloat16, enabled=config.train.precision == "bf16"):
@@ -36,6 +39,8 @@ def evaluate(
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value) * n
         count += n
+        if picture is None and config.eval.num_pictures:
+            picture = _picture(batch, target, out, config)
         if segmentation is not None:
             masks = out["masks"].float()
             aris.append(fg_ari(masks, segmentation))
@@ -45,4 +50,14 @@ def evaluate(
     if aris:
         metrics["val/fg_ari"] = nanmean(torch.cat(aris))
         metrics["val/mbo"] = nanmean(torch.cat(mbos))
-    return metrics
+    return metrics, picture
+
+
+def _picture(batch, target, out, config: TrialConfig) -> bytes:
+    """Input, reconstruction and masks of the first `eval.num_pictures` images."""
+    n = config.eval.num_pictures
+    if config.model.target == "image":
+        images, recons = to_uint8(target[:n]), to_uint8(out["recon"][:n])
+    else:  # feature reconstruction: show the stored image, if the shards have one
+        images, recons = batch["image"][:n] if "image" in batch else None, None
+    return mask_picture(images, out["masks"][:n], recons)

@@ -195,6 +195,7 @@ def fit(
     window = _Window(device)
     metrics: dict[str, float] = {}
     last_eval: dict[str, float] = {}
+    picture: bytes | None = None
     tick, tick_step = time.perf_counter(), step
     model.train()
     while step < tc.steps:
@@ -217,14 +218,16 @@ def fit(
                  "time/elapsed_s": elapsed}
             )
         if is_eval:
-            last_eval = evaluate(model, val_set, config, step=step, device=device)
+            last_eval, picture = evaluate(model, val_set, config, step=step, device=device)
             metrics.update(last_eval)
             tick = time.perf_counter()  # evaluation time is not training time
         if log and (step % tc.log_every == 0 or is_eval):
             log(progress_line(metrics, tc.steps))
         if is_ckpt:
+            files = {"masks.png": picture} if is_eval and picture else {}
             saved = checkpoint.save(
-                ckpt_root, step, _state(model, optimizer, step, elapsed, device), config_yaml
+                ckpt_root, step, _state(model, optimizer, step, elapsed, device), config_yaml,
+                files=files,
             )
             if is_eval and report is not None:
                 report(dict(metrics), str(saved))

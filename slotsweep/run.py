@@ -1,0 +1,154 @@
+"""Run a named sweep: `python -m slotsweep.run NAME` (or `slotsweep run NAME`).
+
+    python -m slotsweep.run quickstart                 # CPU, synthetic data, minutes
+    python -m slotsweep.run coco_beta_sweep            # on a Ray GPU cluster
+    python -m slotsweep.run coco_beta_sweep            # again after an interruption: resumes
+    python -m slotsweep.run quickstart --num-samples 12  # extend a finished sweep
+    python -m slotsweep.run quickstart --dry-run       # validate and show, start nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from slotsweep.config import ConfigError, parse_override
+from slotsweep.data.shards import ShardError
+from slotsweep.sweep_spec import Sweep, load_sweep
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m slotsweep.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", help="a name in sweeps/ (e.g. quickstart) or a path to a YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the base trial config, e.g. --set train.steps=200")
+    p.add_argument("--num-samples", type=int, help="total trials (raise it to extend)")
+    p.add_argument("--storage", help="storage directory (default: the sweep file's storage)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in storage)")
+    p.add_argument("--address", help="Ray: auto | local | ray://host:port | host:port "
+                                     "(default: join a running cluster, else start one)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new instance of the sweep (the old one is kept)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print the space and the first trial's config; start nothing")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    return p
+
+
+def dry_run(sweep: Sweep) -> str:
+    """The search space and the resolved config of the first trial the search would run."""
+    import optuna
+
+    from slotsweep.sweep import OptunaSpace
+
+    lines = [f"sweep {sweep.name} ({sweep.path})", "search space:"]
+    for key in sweep.order():
+        p = sweep.spec.search_space[key]
+        when = f"  when {p.when}" if p.when else ""
+        lines.append(f"  {key}: {p.kind} {getattr(p, p.kind)}{when}")
+    s = sweep.spec.search
+    lines.append(f"search: {s.algorithm}, {s.num_samples} trials, {s.mode} {s.metric}, "
+                 f"seed {s.seed}; scheduler: {sweep.spec.scheduler.type}; "
+                 f"resources per trial: {sweep.spec.resources.cpu:g} CPU, "
+                 f"{sweep.spec.resources.gpu:g} GPU")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=s.seed))
+    params = OptunaSpace(sweep)(study.ask())
+    lines += ["first trial:", *(f"  {k} = {v}" for k, v in params.items()),
+              "resolved config of the first trial:", sweep.trial_config(params).to_yaml()]
+    return "\n".join(lines)
+
+
+def summary(sweep: Sweep, result, started: str) -> str:
+    """Trials, the best one, the trivial baselines, and where to look in MLflow."""
+    import torch
+
+    from slotsweep.baselines import trivial_baselines
+    from slotsweep.batches import Batches
+
+    metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
+    rows = sorted(result.trials, key=lambda t: -_val(t, metric) if mode == "max"
+                  else _val(t, metric))
+    keys = sweep.order()
+    lines = ["", f"sweep {sweep.name}: {len(rows)} trials in {result.instance_dir}",
+             "| trial | " + " | ".join(k.split(".")[-1] for k in keys) +
+             " | FG-ARI | mBO | step | outcome |",
+             "|---" * (len(keys) + 5) + "|"]
+    for t in rows:
+        vals = " | ".join(_fmt(t.params.get(k)) for k in keys)
+        lines.append(f"| {t.trial_id} | {vals} | {_fmt(t.metrics.get('val/fg_ari'))} | "
+                     f"{_fmt(t.metrics.get('val/mbo'))} | {t.metrics.get('step', '-')} | "
+                     f"{t.outcome}{': ' + t.error if t.error else ''} |")
+    base = sweep.trial_config({})
+    val = Batches.open(base.data.val, base.model, eval=True)
+    seg = torch.cat([b["segmentation"].long() for b in
+                     val.eval_batches(base.eval.batch_size, base.eval.max_images)])
+    lines += ["", "trivial baselines on the same validation images:"]
+    for name, s in trivial_baselines(seg).items():
+        lines.append(f"  {name:<12} FG-ARI {s['fg_ari']:.3f}  mBO {s['mbo']:.3f}")
+    failed = [t for t in rows if t.outcome == "failed"]
+    if failed:
+        lines.append(f"\n{len(failed)} trial(s) failed: " +
+                     "; ".join(f"{t.trial_id}: {t.error}" for t in failed))
+    best = result.best(metric, mode)
+    if best is not None:
+        lines += ["", f"best trial {best.trial_id}: FG-ARI {_fmt(best.metrics.get('val/fg_ari'))}"
+                  f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(best, keys)})"]
+    lines += [
+        "", "open it in MLflow:",
+        f"  mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000",
+        f"  http://127.0.0.1:5000/#/experiments/{result.experiment_id}"
+        f"/runs/{result.parent_run_id}",
+        f"(Ray: {started})",
+    ]
+    return "\n".join(lines)
+
+
+def _val(t, metric: str) -> float:
+    v = t.metrics.get(metric, math.nan)
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def _fmt_params(t, keys) -> str:
+    return ", ".join(f"{k}={_fmt(t.params.get(k))}" for k in keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = dict(parse_override(o) for o in args.overrides)
+        sweep = load_sweep(args.sweep, overrides)
+        if args.dry_run:
+            print(dry_run(sweep))
+            return 0
+        from slotsweep import sweep as engine
+
+        started = engine.connect(args.address, num_cpus=args.num_cpus)
+        engine.check_resources(sweep, started_locally=started == "local")
+        result = engine.run_sweep(sweep, num_samples=args.num_samples, storage=args.storage,
+                                  tracking_uri=args.tracking_uri, fresh=args.fresh,
+                                  verbose=0 if args.quiet else 1)
+        print(summary(sweep, result, started))
+    except (ConfigError, ShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume the sweep", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

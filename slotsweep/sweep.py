@@ -1,0 +1,490 @@
+"""Running a sweep on Ray Tune: search, scheduling, resume, extension, tracking.
+
+Layout of a sweep's storage (`<storage>/<name>/`):
+
+    mlflow.db, mlartifacts/        default MLflow store (all instances of the sweep)
+    run-001/                       one instance; `--fresh` starts run-002, ...
+        tune-000/                  the Tune experiment (restorable)
+        tune-001/                  an extension (`--num-samples` raised after the end)
+        ledger.jsonl               trials that ended: a resumed trial listed here
+                                   reports its recorded result instead of training
+
+A rerun of the same command resumes the newest instance: Tune restores the newest
+experiment (finished trials are not rerun, unfinished ones continue from their last
+checkpoint, the Optuna searcher's state is restored), then, if more samples are asked
+for than exist, a new Tune experiment runs only the missing trials with an Optuna
+study warm-started by every earlier result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune import Callback, Checkpoint
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from slotsweep import checkpoint as ckpt
+from slotsweep.config import ConfigError, TrialConfig
+from slotsweep.data.shards import MANIFEST, read_manifest
+from slotsweep.data.synthetic import ensure_synthetic
+from slotsweep.sweep_spec import Param, Sweep
+from slotsweep.tracking import SweepTracker, default_tracking_uri
+from slotsweep.train import fit
+
+LEDGER = "ledger.jsonl"
+OUTCOMES = ("finished", "stopped early", "failed")
+
+
+# ----------------------------------------------------------------- search space
+
+
+def _suggest(trial: optuna.Trial, key: str, param: Param) -> Any:
+    kind = param.kind
+    if kind in ("choice", "grid"):
+        values = getattr(param, kind)
+        # Optuna wants hashable primitives: index lists/dicts, return the value.
+        if all(isinstance(v, (bool, int, float, str)) or v is None for v in values):
+            return trial.suggest_categorical(key, values)
+        return values[trial.suggest_categorical(key + "#", list(range(len(values))))]
+    low, high = getattr(param, kind)
+    if kind == "int":
+        return trial.suggest_int(key, low, high)
+    return trial.suggest_float(key, low, high, log=kind == "loguniform")
+
+
+class OptunaSpace:
+    """A define-by-run space: conditional keys are suggested only when active.
+
+    A class rather than a closure: Tune pickles the searcher (and so this) into its
+    experiment state with the standard pickle.
+    """
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+        self.order = sweep.order()
+        self.base = sweep.base_flat()
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        values = dict(self.base)
+        for key in self.order:
+            param = self.sweep.spec.search_space[key]
+            if param.active(values):
+                values[key] = _suggest(trial, key, param)
+        return {k: values[k] for k in self.order}
+
+
+def optuna_distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribution]:
+    out = {}
+    for key, p in sweep.spec.search_space.items():
+        kind = p.kind
+        if kind in ("choice", "grid"):
+            values = getattr(p, kind)
+            if all(isinstance(v, (bool, int, float, str)) or v is None for v in values):
+                out[key] = optuna.distributions.CategoricalDistribution(values)
+            else:
+                out[key + "#"] = optuna.distributions.CategoricalDistribution(
+                    list(range(len(values))))
+        elif kind == "int":
+            out[key] = optuna.distributions.IntDistribution(*p.int)
+        else:
+            low, high = getattr(p, kind)
+            out[key] = optuna.distributions.FloatDistribution(
+                low, high, log=kind == "loguniform")
+    return out
+
+
+def _warm_study(sweep: Sweep, prior: list[TrialRecord], name: str) -> optuna.storages.BaseStorage:
+    """An in-memory Optuna storage holding every earlier trial with its result."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=name,
+                                direction="maximize" if sweep.spec.search.mode == "max"
+                                else "minimize")
+    dists = optuna_distributions(sweep)
+    for rec in prior:
+        value = rec.metrics.get(sweep.spec.search.metric)
+        params, used = {}, {}
+        for key, v in _active_params(sweep, rec.params).items():
+            if key in dists:
+                params[key], used[key] = v, dists[key]
+            elif key + "#" in dists:
+                choices = getattr(sweep.spec.search_space[key], sweep.spec.search_space[key].kind)
+                params[key + "#"], used[key + "#"] = choices.index(v), dists[key + "#"]
+        ok = value is not None and math.isfinite(value)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=used, value=value if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+        ))
+    return storage
+
+
+def _active_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
+    """Drop conditional keys whose condition does not hold (their value is the base's)."""
+    values = {**sweep.base_flat(), **params}
+    return {k: v for k, v in params.items()
+            if k in sweep.spec.search_space and sweep.spec.search_space[k].active(values)}
+
+
+# ----------------------------------------------------------------- the trial
+
+
+def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str) -> None:
+    """The Tune trainable: build the TrialConfig, resume, and run the shared trainer."""
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    recorded = read_ledger(Path(ledger)).get(trial_id)
+    if recorded is not None:
+        # This trial ended before the driver died, after Tune's last snapshot: do not
+        # train again; hand Tune the result it already had.
+        tune.report({**recorded["metrics"], "slotsweep/replayed": 1})
+        return
+    config = sweep.trial_config(params)
+    workdir = Path(ctx.get_trial_dir()) / "work"
+    resume_from = None
+    restored = tune.get_checkpoint()
+    local = ckpt.latest(workdir / "checkpoints")
+    if restored is not None:
+        restored_dir = Path(restored.to_directory(str(workdir / "restored")))
+        restored_step = int(ckpt.load(restored_dir)["step"])
+        local_step = int(ckpt.load(local)["step"]) if local else -1
+        # The trial's own newer checkpoint (same trajectory) beats a stale Tune snapshot.
+        resume_from = local if local_step > restored_step else restored_dir
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    fit(config, report, workdir=workdir, resume_from=resume_from,
+        log=lambda s: print(s, flush=True))
+
+
+# ----------------------------------------------------------------- ledger
+
+
+def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line after a crash
+        out[entry["trial_id"]] = entry
+    return out
+
+
+def append_ledger(path: Path, entry: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------- tracking
+
+
+class TrackingCallback(Callback):
+    """Mirrors trials into MLflow (idempotently) and records ended trials in the ledger."""
+
+    def __init__(self, sweep: Sweep, tracker: SweepTracker, ledger: Path,
+                 dataset_id: str) -> None:
+        self.sweep, self.tracker, self.ledger, self.dataset_id = sweep, tracker, ledger, dataset_id
+
+    def _run(self, trial) -> str:
+        config = self.sweep.trial_config(trial.config)
+        params = {k: v for k, v in config.flat().items()}
+        active = _active_params(self.sweep, trial.config)
+        name = f"{trial.trial_id} " + " ".join(f"{k.split('.')[-1]}={_short(v)}"
+                                                for k, v in active.items())
+        return self.tracker.trial_run(
+            trial.trial_id, name=name, params=params, config_yaml=config.to_yaml(),
+            tags={"dataset_manifest": self.dataset_id},
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "step" not in result or result.get("slotsweep/replayed"):
+            return
+        run = self._run(trial)
+        metrics = _metrics(result)
+        self.tracker.log_result(run, metrics, step=int(result["step"]),
+                                timestamp_ms=int(result.get("timestamp", 0) * 1000))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        picture = Path(checkpoint.path) / "masks.png"
+        if picture.is_file():
+            step = int(trial.last_result.get("step", 0))
+            self.tracker.log_artifact(self._run(trial), picture, f"masks/step-{step:08d}")
+
+    def _end(self, trial, outcome: str, error: str | None = None) -> None:
+        run = self._run(trial)
+        self.tracker.end_trial(run, outcome=outcome, error=error)
+        last = _metrics(trial.last_result or {})
+        append_ledger(self.ledger, {"trial_id": trial.trial_id, "outcome": outcome,
+                                    "params": trial.config, "metrics": last, "error": error})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        steps = self.sweep.trial_config(trial.config).train.steps
+        done = int((trial.last_result or {}).get("step", 0)) >= steps
+        replayed = (trial.last_result or {}).get("slotsweep/replayed")
+        if replayed:
+            return
+        self._end(trial, "finished" if done else "stopped early")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = None
+        try:
+            exc = trial.get_error()
+            error = str(exc).strip().splitlines()[-1] if exc else None
+        except Exception:  # noqa: BLE001 - the error file may be unreadable; keep going
+            error = "trial failed (see the trial's error.txt)"
+        self._end(trial, "failed", error)
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The trainer's own metrics out of a Tune result (Tune adds its bookkeeping)."""
+    return {k: v for k, v in result.items()
+            if (k.startswith(("train/", "val/", "time/")) or k in ("lr", "step"))
+            and isinstance(v, (int, float))}
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# ----------------------------------------------------------------- the driver
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    outcome: str
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    name: str
+    instance_dir: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    trials: list[TrialRecord] = field(default_factory=list)
+
+    def best(self, metric: str, mode: str) -> TrialRecord | None:
+        scored = [t for t in self.trials if math.isfinite(t.metrics.get(metric, math.nan))]
+        if not scored:
+            return None
+        pick = max if mode == "max" else min
+        return pick(scored, key=lambda t: t.metrics[metric])
+
+
+def instance_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.glob("run-*") if p.is_dir())
+
+
+def pick_instance(sweep_dir: Path, fresh: bool) -> Path:
+    existing = instance_dirs(sweep_dir)
+    if existing and not fresh:
+        return existing[-1]
+    number = int(existing[-1].name.split("-")[1]) + 1 if existing else 1
+    return sweep_dir / f"run-{number:03d}"
+
+
+def _scheduler(sweep: Sweep):
+    s = sweep.spec.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    steps = sweep.trial_config({}).train.steps
+    return ASHAScheduler(time_attr="step", max_t=steps, grace_period=min(s.grace_period, steps),
+                         reduction_factor=s.reduction_factor)
+
+
+def _search(sweep: Sweep, prior: list[TrialRecord], tune_name: str):
+    s = sweep.spec.search
+    if s.algorithm == "optuna":
+        seed = s.seed + len(prior)  # an extension must not replay the first random draws
+        alg = OptunaSearch(
+            space=OptunaSpace(sweep), metric=s.metric, mode=s.mode, seed=seed,
+            study_name=tune_name, storage=_warm_study(sweep, prior, tune_name),
+        )
+        return ConcurrencyLimiter(alg, s.max_concurrent) if s.max_concurrent else alg
+    return BasicVariantGenerator(random_state=s.seed + len(prior),
+                                 max_concurrent=s.max_concurrent)
+
+
+def _param_space(sweep: Sweep) -> dict[str, Any] | None:
+    """For random/grid search: Tune's own distributions (no conditionals there)."""
+    if sweep.spec.search.algorithm == "optuna":
+        return None
+    space = {}
+    for key, p in sweep.spec.search_space.items():
+        kind = p.kind
+        if kind == "grid":
+            space[key] = tune.grid_search(p.grid)
+        elif kind == "choice":
+            space[key] = tune.choice(p.choice)
+        elif kind == "int":
+            space[key] = tune.randint(p.int[0], p.int[1] + 1)
+        elif kind == "uniform":
+            space[key] = tune.uniform(*p.uniform)
+        else:
+            space[key] = tune.loguniform(*p.loguniform)
+    return space
+
+
+def dataset_id(config: TrialConfig) -> str:
+    path = Path(config.data.train)
+    if not (path / MANIFEST).is_file():
+        return "unprepared"
+    manifest = read_manifest(path)
+    digest = "".join(s["sha256"][:8] for s in manifest["shards"])[:64]
+    return f"{path.name}:{manifest['num_rows']}:{digest}"
+
+
+def collect(instance: Path) -> list[TrialRecord]:
+    """Every trial of every Tune experiment of this instance, with its last result."""
+    ledger = read_ledger(instance / LEDGER)
+    records: dict[str, TrialRecord] = {}
+    for exp in sorted(instance.glob("tune-*")):
+        if not tune.Tuner.can_restore(str(exp)):
+            continue
+        for result in tune.ExperimentAnalysis(str(exp)).trials:
+            entry = ledger.get(result.trial_id)
+            metrics = dict(result.last_result or {})
+            outcome = entry["outcome"] if entry else result.status.lower()
+            if entry and entry.get("metrics"):
+                metrics = {**metrics, **entry["metrics"]}
+            records[result.trial_id] = TrialRecord(
+                result.trial_id, dict(result.config), metrics, outcome,
+                entry.get("error") if entry else None)
+    return list(records.values())
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    num_samples: int | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    fresh: bool = False,
+    verbose: int = 1,
+) -> SweepResult:
+    """Run or resume `sweep` on the connected Ray cluster; returns every trial's result."""
+    spec = sweep.spec
+    total = num_samples or spec.search.num_samples
+    sweep_dir = Path(storage or spec.storage).resolve() / sweep.name
+    instance = pick_instance(sweep_dir, fresh)
+    instance.mkdir(parents=True, exist_ok=True)
+    base = sweep.trial_config({})
+    if base.data.synthetic:  # once, here, rather than racing in every trial
+        ensure_synthetic(base.data, resolution=base.model.resolution)
+
+    uri = tracking_uri or spec.tracking.uri or default_tracking_uri(sweep_dir)
+    tracker = SweepTracker(uri, spec.tracking.experiment or sweep.name, sweep.name,
+                           f"{sweep.name}/{instance.name}", artifact_root=sweep_dir / "mlartifacts")
+    parent = tracker.parent_run()
+    tracker.client.log_text(parent, sweep.path.read_text(), "sweep.yaml")
+    ledger = instance / LEDGER
+    callback = TrackingCallback(sweep, tracker, ledger, dataset_id(base))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=sweep, ledger=str(ledger)),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    # Snapshot the experiment state on every controller step (default: every >= 10 s),
+    # so a resumed sweep never starts from a stale picture of its trials.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+
+    experiments = sorted(instance.glob("tune-*"))
+    if experiments and tune.Tuner.can_restore(str(experiments[-1])):
+        tuner = tune.Tuner.restore(str(experiments[-1]), trainable, resume_unfinished=True,
+                                   resume_errored=False)
+        tuner.fit()
+    elif experiments:  # an experiment dir that never got its first snapshot: start over
+        shutil.rmtree(experiments[-1])
+
+    prior = collect(instance)
+    missing = total - len(prior)
+    if missing > 0:
+        name = f"tune-{len(sorted(instance.glob('tune-*'))):03d}"
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(sweep),
+            tune_config=tune.TuneConfig(
+                search_alg=_search(sweep, prior, name), scheduler=_scheduler(sweep),
+                metric=spec.search.metric, mode=spec.search.mode, num_samples=missing,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(instance), callbacks=[callback],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                verbose=verbose,
+            ),
+        )
+        tuner.fit()
+
+    records = collect(instance)
+    runs = {r.data.tags.get("slotsweep.trial_id"): r for r in tracker.trial_runs()}
+    for rec in records:
+        run = runs.get(rec.trial_id)
+        if run is not None and run.info.status == "RUNNING":
+            tracker.end_trial(run.info.run_id, outcome=rec.outcome if rec.outcome in OUTCOMES
+                              else "failed", error=rec.error)
+    if len(records) >= total:
+        tracker.end_sweep()
+    return SweepResult(sweep.name, instance, uri, tracker.experiment_id, parent, records)
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> str:
+    """Join a running cluster (`auto`, `ray://...`, host:port) or start a local one.
+
+    Default: RAY_ADDRESS if set, else a cluster already running on this machine, else
+    a new local instance. Returns a description of what was joined.
+    """
+    if address is None:
+        if os.environ.get("RAY_ADDRESS"):
+            address = os.environ["RAY_ADDRESS"]
+        else:
+            try:
+                from ray._private.services import find_gcs_addresses
+
+                address = "auto" if find_gcs_addresses() else "local"
+            except Exception:  # noqa: BLE001 - private helper moved: fall back to local
+                address = "local"
+    kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
+    if address == "local":
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(**kwargs)
+    return address
+
+
+def check_resources(sweep: Sweep, *, started_locally: bool) -> None:
+    """Fail before any trial starts when no node could ever run one."""
+    need = sweep.spec.resources
+    have = ray.cluster_resources()
+    if need.gpu > 0 and have.get("GPU", 0) == 0 and started_locally:
+        raise ConfigError(
+            f"{sweep.path}: resources.gpu: {need.gpu} GPU per trial, but this Ray cluster "
+            "has no GPU; set resources.gpu: 0 (and train.device: cpu) or run on a GPU cluster"
+        )
+    if need.cpu > have.get("CPU", 0) and started_locally:
+        raise ConfigError(
+            f"{sweep.path}: resources.cpu: {need.cpu} CPUs per trial, but this Ray cluster "
+            f"has {have.get('CPU', 0):g}"
+        )

@@ -1,0 +1,258 @@
+"""Sweep files (`sweeps/NAME.yaml`): validated before Ray starts, no Ray import here.
+
+A sweep file names a base trial config, a search space over its dotted keys, the
+search algorithm, the scheduler, per-trial resources, storage and tracking:
+
+    base: ../configs/dsprites_small.yaml      # path relative to the sweep file; or
+    config: {model: {...}, ...}               # an inline config (or both: inline wins)
+    search_space:
+      loss.type: {choice: [none, covloss, cosine]}
+      loss.beta: {loguniform: [1.0e-3, 1.0], when: {loss.type: [covloss, cosine]}}
+      loss.proj_depth: {int: [0, 3], when: {loss.type: covloss}}
+    search: {algorithm: optuna, metric: val/fg_ari, mode: max, num_samples: 8, seed: 0}
+    scheduler: {type: asha, grace_period: 1000, reduction_factor: 2}
+    resources: {cpu: 1, gpu: 0}
+    storage: runs/sweeps
+    tracking: {uri: null, experiment: null}
+
+Distributions: `choice` (list), `uniform` / `loguniform` ([low, high]), `int`
+([low, high], inclusive), `grid` (list; every value is tried). A key with `when`
+is sampled only if every named key has one of the listed values; otherwise it keeps
+the base config's value.
+"""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slotsweep.config import (
+    ConfigError,
+    TrialConfig,
+    build_config,
+    format_validation_error,
+    known_keys,
+    read_yaml,
+)
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Param(_Section):
+    """One search-space entry: exactly one distribution, optionally conditional."""
+
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+    uniform: tuple[float, float] | None = Field(None, strict=False)
+    loguniform: tuple[float, float] | None = Field(None, strict=False)
+    int: tuple[builtins.int, builtins.int] | None = Field(None, strict=False)
+    when: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_distribution(self) -> Param:
+        given = [d for d in DISTRIBUTIONS if getattr(self, d) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one distribution of {', '.join(DISTRIBUTIONS)} "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        kind = given[0]
+        if kind in ("choice", "grid") and not getattr(self, kind):
+            raise ValueError(f"{kind}: needs at least one value")
+        if kind in ("uniform", "loguniform", "int"):
+            low, high = getattr(self, kind)
+            if not low < high:
+                raise ValueError(f"{kind}: needs low < high (got [{low}, {high}])")
+            if kind == "loguniform" and low <= 0:
+                raise ValueError(f"loguniform: needs low > 0 (got {low})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(d for d in DISTRIBUTIONS if getattr(self, d) is not None)
+
+    def candidates(self) -> list[Any]:
+        """Values to check against the config at load time (endpoints of ranges)."""
+        value = getattr(self, self.kind)
+        return list(value)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        for key, allowed in (self.when or {}).items():
+            allowed = allowed if isinstance(allowed, list) else [allowed]
+            if values.get(key) not in allowed:
+                return False
+        return True
+
+
+class Search(_Section):
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    metric: str = "val/fg_ari"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, gt=0)
+    max_concurrent: int = Field(0, ge=0)  # 0: as many as resources allow
+    seed: int = Field(0, ge=0)
+
+
+class Scheduler(_Section):
+    type: Literal["asha", "none"] = "none"
+    grace_period: int = Field(1, gt=0)  # in training steps
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Resources(_Section):
+    cpu: float = Field(1.0, ge=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _fractional(self) -> Resources:
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu: above 1 must be a whole number (got {self.gpu})")
+        return self
+
+
+class Tracking(_Section):
+    uri: str | None = None  # default: sqlite in the sweep's storage directory
+    experiment: str | None = None  # default: the sweep's name
+
+
+class SweepFile(_Section):
+    description: str = ""
+    base: str | None = None
+    config: dict[str, Any] = {}
+    search_space: dict[str, Param]
+    search: Search = Search()
+    scheduler: Scheduler = Scheduler()
+    resources: Resources = Resources()
+    storage: str = "runs/sweeps"
+    tracking: Tracking = Tracking()
+    max_failures: int = Field(2, ge=0)
+
+
+class Sweep:
+    """A loaded, validated sweep: its name, file, base config tree and spec."""
+
+    def __init__(self, name: str, path: Path, spec: SweepFile, base: dict[str, Any]) -> None:
+        self.name, self.path, self.spec, self.base = name, path, spec, base
+
+    def order(self) -> list[str]:
+        """Search keys ordered so every `when` key is sampled before the key it gates."""
+        done: list[str] = []
+        pending = dict(self.spec.search_space)
+        while pending:
+            ready = [k for k, p in pending.items()
+                     if all(c not in pending for c in (p.when or {}))]
+            if not ready:
+                raise ConfigError(f"{self.path}: search_space: `when` conditions form a cycle "
+                                  f"among {', '.join(pending)}")
+            for key in ready:
+                done.append(key)
+                del pending[key]
+        return done
+
+    def trial_config(self, params: dict[str, Any], *, seed: int | None = None) -> TrialConfig:
+        """The one place that turns sampled parameters into a TrialConfig."""
+        overrides = {k: v for k, v in params.items() if k in self.spec.search_space}
+        if seed is not None:
+            overrides["seed"] = seed
+        return build_config(self.base, source=str(self.path), overrides=overrides)
+
+    def base_flat(self) -> dict[str, Any]:
+        """The base config as dotted keys (what an inactive conditional key keeps)."""
+        return build_config(self.base, source=str(self.path)).flat()
+
+
+def resolve(name_or_path: str) -> Path:
+    """`quickstart` → sweeps/quickstart.yaml; a path is taken as is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        return path
+    for folder in (Path.cwd() / "sweeps", SWEEPS_DIR):
+        if (folder / f"{name_or_path}.yaml").is_file():
+            return folder / f"{name_or_path}.yaml"
+    known = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+    raise ConfigError(f"no sweep named {name_or_path!r} in sweeps/ (known: {', '.join(known)})")
+
+
+def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Load and validate a sweep file; every error names the file and the key path."""
+    path = resolve(name_or_path)
+    data = read_yaml(path)
+    try:
+        spec = SweepFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), SweepFile)) from None
+
+    base: dict[str, Any] = {}
+    if spec.base:
+        base_path = (path.parent / spec.base).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: no such config file {base_path}")
+        base = read_yaml(base_path)
+    base = _merge(base, spec.config)
+    source = f"{path} (base config)"
+    base_cfg = build_config(base, source=source, overrides=overrides or {})
+    base = base_cfg.to_dict()
+
+    keys = known_keys()
+    if not spec.search_space:
+        raise ConfigError(f"{path}: search_space: is empty; name at least one config key")
+    for key, param in spec.search_space.items():
+        where = f"{path}: search_space.{key}"
+        if key not in keys:
+            raise ConfigError(f"{where}: not a trial config key (e.g. loss.beta, model.slot_size)")
+        for cond in param.when or {}:
+            if cond not in keys:
+                raise ConfigError(f"{where}.when.{cond}: not a trial config key")
+    if spec.search.algorithm == "grid":
+        bad = [k for k, p in spec.search_space.items() if p.kind not in ("grid", "choice")]
+        if bad:
+            raise ConfigError(f"{path}: search.algorithm: grid needs choice/grid values; "
+                              f"{', '.join(bad)} are ranges")
+    sweep = Sweep(path.stem, path, spec, base)
+    order = sweep.order()
+    for key, param in spec.search_space.items():
+        for value in param.candidates():
+            params = _representative(sweep, order, {key: value, **_first_allowed(param)})
+            try:
+                sweep.trial_config(params)
+            except ConfigError as exc:
+                problem = str(exc).removeprefix(f"{path}: ")
+                trial = ", ".join(f"{k}={v!r}" for k, v in params.items())
+                raise ConfigError(
+                    f"{path}: search_space.{key}: value {value!r} can give an invalid trial "
+                    f"({trial}): {problem}"
+                ) from None
+    return sweep
+
+
+def _first_allowed(param: Param) -> dict[str, Any]:
+    """Values that make `param` active (the first allowed value of each condition)."""
+    return {k: (v[0] if isinstance(v, list) else v) for k, v in (param.when or {}).items()}
+
+
+def _representative(sweep: Sweep, order: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+    """A full assignment that keeps `fixed` and gives every other active key its first
+    candidate, to check each value against the base config before anything runs."""
+    values = {**sweep.base_flat(), **fixed}
+    params = dict(fixed)
+    for key in order:
+        param = sweep.spec.search_space[key]
+        if key not in fixed and param.active(values):
+            params[key] = values[key] = param.candidates()[0]
+    return {k: v for k, v in params.items() if k in sweep.spec.search_space}
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out

@@ -1,0 +1,174 @@
+"""MLflow tracking for sweeps: one parent run per sweep, one nested run per trial.
+
+Why not Ray's `MLflowLoggerCallback`: it keeps its trial → run map in memory, so after
+a restore every resumed trial got a second run and the first stayed RUNNING forever
+(../shared/ENVIRONMENT.md). Here every lookup goes through MLflow itself: a trial's run
+is found by its `trial_id` tag, and a metric step is logged only if it is beyond the
+last step MLflow already holds for that run. Resuming therefore never duplicates a run
+or a metric step, however the driver died.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+TAG_SWEEP = "slotsweep.sweep"
+TAG_INSTANCE = "slotsweep.instance"
+TAG_TRIAL = "slotsweep.trial_id"
+TAG_ROLE = "slotsweep.role"
+TAG_OUTCOME = "slotsweep.outcome"
+TAG_ERROR = "slotsweep.error"
+
+_TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+
+
+def default_tracking_uri(sweep_dir: Path) -> str:
+    return f"sqlite:///{sweep_dir.resolve() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class SweepTracker:
+    """Idempotent MLflow bookkeeping for one sweep instance (safe to re-create)."""
+
+    def __init__(self, uri: str, experiment: str, sweep: str, instance: str,
+                 artifact_root: Path | None = None) -> None:
+        self.uri, self.experiment, self.sweep, self.instance = uri, experiment, sweep, instance
+        self.artifact_root = artifact_root
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+        self._parent: str | None = None
+        self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into its experiment state: keep only the settings.
+        state = self.__dict__.copy()
+        state.update(_client=None, _experiment_id=None, _parent=None, _runs={}, _last_step={})
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                location = None
+                if self.artifact_root is not None:
+                    location = (self.artifact_root / self.experiment).resolve().as_uri()
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=location
+                )
+        return self._experiment_id
+
+    def _find(self, *tags: str) -> list:
+        query = " and ".join(tags)
+        return self.client.search_runs([self.experiment_id], filter_string=query,
+                                       max_results=1000)
+
+    def parent_run(self) -> str:
+        if self._parent is None:
+            runs = self._find(f"tags.`{TAG_INSTANCE}` = '{self.instance}'",
+                              f"tags.`{TAG_ROLE}` = 'sweep'")
+            if runs:
+                self._parent = runs[0].info.run_id
+            else:
+                run = self.client.create_run(self.experiment_id, run_name=self.instance, tags={
+                    TAG_SWEEP: self.sweep, TAG_INSTANCE: self.instance, TAG_ROLE: "sweep",
+                    "git_commit": git_commit(),
+                })
+                self._parent = run.info.run_id
+            if self.client.get_run(self._parent).info.status != "RUNNING":
+                self.client.update_run(self._parent, status="RUNNING")
+        return self._parent
+
+    def trial_run(self, trial_id: str, *, name: str, params: dict[str, Any],
+                  tags: dict[str, str], config_yaml: str) -> str:
+        """The trial's run: found by tag, or created with params, tags and its config."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        runs = self._find(f"tags.`{TAG_INSTANCE}` = '{self.instance}'",
+                          f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+        if runs:
+            run_id = runs[0].info.run_id
+            if runs[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            all_tags = {MLFLOW_PARENT_RUN_ID: self.parent_run(), MLFLOW_RUN_NAME: name,
+                        TAG_SWEEP: self.sweep, TAG_INSTANCE: self.instance,
+                        TAG_TRIAL: trial_id, TAG_ROLE: "trial", "git_commit": git_commit(),
+                        **tags}
+            run_id = self.client.create_run(self.experiment_id, run_name=name,
+                                            tags=all_tags).info.run_id
+            batch = [Param(k, _param_value(v)) for k, v in params.items()]
+            for start in range(0, len(batch), 100):
+                self.client.log_batch(run_id, params=batch[start:start + 100])
+            self.client.log_text(run_id, config_yaml, "config.yaml")
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def last_step(self, run_id: str) -> int:
+        if run_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, "step")
+            self._last_step[run_id] = max((int(m.value) for m in history), default=-1)
+        return self._last_step[run_id]
+
+    def log_result(self, run_id: str, metrics: dict[str, Any], *, step: int,
+                   timestamp_ms: int) -> bool:
+        """Log one evaluation's metrics at `step` unless MLflow already has that step."""
+        if step <= self.last_step(run_id):
+            return False
+        batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(float(v))]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[start:start + 500])
+        self._last_step[run_id] = step
+        return True
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_trial(self, run_id: str, *, outcome: str, error: str | None = None) -> None:
+        """outcome: finished | stopped early | failed."""
+        tags = [RunTag(TAG_OUTCOME, outcome)]
+        if error:
+            tags.append(RunTag(TAG_ERROR, error[:4000]))
+        self.client.log_batch(run_id, tags=tags)
+        status = {"failed": RunStatus.FAILED, "stopped early": RunStatus.KILLED}.get(
+            outcome, RunStatus.FINISHED)
+        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def end_sweep(self, *, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_run(), status=status)
+
+    def trial_runs(self) -> list:
+        """Every trial run of this sweep instance."""
+        return self._find(f"tags.`{TAG_INSTANCE}` = '{self.instance}'",
+                          f"tags.`{TAG_ROLE}` = 'trial'")
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
