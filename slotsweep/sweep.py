@@ -18,6 +18,7 @@ study warm-started by every earlier result.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -43,6 +44,42 @@ from slotsweep.tracking import SweepTracker, default_tracking_uri
 from slotsweep.train import fit
 
 LEDGER = "ledger.jsonl"
+
+
+def _atomic_local_uploads() -> None:
+    """Make Tune's experiment-state uploads to a local/NFS storage path atomic per file.
+
+    Tune writes its snapshot in a staging directory and copies it to the storage path in
+    a background thread, overwriting files in place. A driver killed mid-copy left an
+    empty `experiment_state-*.json`, and the next run silently restarted the experiment
+    from scratch (seen in our SIGKILL tests). Here each file is copied to a temporary
+    name and renamed over the old one, so a snapshot file is always whole. Remote
+    filesystems (s3://, gs://) keep Ray's own upload: their object writes are atomic.
+    """
+    from pyarrow import fs as pafs
+    from ray.train._internal import storage
+
+    original = storage._upload_to_fs_path
+    if getattr(original, "_slotsweep_atomic", False):
+        return
+
+    def upload(local_path, fs, fs_path, exclude=None):
+        if not isinstance(fs, pafs.LocalFileSystem):
+            return original(local_path, fs, fs_path, exclude)
+        src, dst = Path(local_path), Path(fs_path)
+        files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()]
+        for file in files:
+            rel = file.relative_to(src).as_posix() if src.is_dir() else file.name
+            if exclude and any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+                continue
+            target = dst if src.is_file() else dst / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            shutil.copyfile(file, tmp)
+            os.replace(tmp, target)
+
+    upload._slotsweep_atomic = True
+    storage._upload_to_fs_path = upload
 OUTCOMES = ("finished", "stopped early", "failed")
 
 
@@ -138,18 +175,19 @@ def _active_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------- the trial
 
 
-def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str) -> None:
+def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -> None:
     """The Tune trainable: build the TrialConfig, resume, and run the shared trainer."""
     ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
-    recorded = read_ledger(Path(ledger)).get(trial_id)
+    recorded = ended_before(Path(ledger), ctx.get_trial_id(), params)
     if recorded is not None:
-        # This trial ended before the driver died, after Tune's last snapshot: do not
-        # train again; hand Tune the result it already had.
+        # This trial (or one with exactly these parameters) ended before the driver died,
+        # after Tune's last snapshot: do not train again; hand Tune the recorded result.
         tune.report({**recorded["metrics"], "slotsweep/replayed": 1})
         return
     config = sweep.trial_config(params)
-    workdir = Path(ctx.get_trial_dir()) / "work"
+    # The trainer's own checkpoints live under the sweep's storage (not Ray's per-session
+    # staging dir), so that a resumed trial finds them after the driver restarts.
+    workdir = Path(work) / ctx.get_trial_id()
     resume_from = None
     restored = tune.get_checkpoint()
     local = ckpt.latest(workdir / "checkpoints")
@@ -184,6 +222,16 @@ def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def ended_before(path: Path, trial_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The ledger entry of this trial, or of an ended trial with identical parameters
+    (a trial Tune re-suggested from a snapshot older than its end). Trials are
+    deterministic given their parameters, so the recorded result is the result."""
+    entries = read_ledger(path)
+    if trial_id in entries:
+        return entries[trial_id]
+    return next((e for e in entries.values() if e["params"] == params), None)
+
+
 def append_ledger(path: Path, entry: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -212,8 +260,12 @@ class TrackingCallback(Callback):
             tags={"dataset_manifest": self.dataset_id},
         )
 
+    def _replay(self, trial) -> bool:
+        return ended_before(self.ledger, trial.trial_id, trial.config) is not None
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        if not self._replay(trial):
+            self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "step" not in result or result.get("slotsweep/replayed"):
@@ -224,6 +276,8 @@ class TrackingCallback(Callback):
                                 timestamp_ms=int(result.get("timestamp", 0) * 1000))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if (trial.last_result or {}).get("slotsweep/replayed"):
+            return
         picture = Path(checkpoint.path) / "masks.png"
         if picture.is_file():
             step = int(trial.last_result.get("step", 0))
@@ -245,6 +299,8 @@ class TrackingCallback(Callback):
         self._end(trial, "finished" if done else "stopped early")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if self._replay(trial):
+            return
         error = None
         try:
             exc = trial.get_error()
@@ -357,15 +413,21 @@ def dataset_id(config: TrialConfig) -> str:
     return f"{path.name}:{manifest['num_rows']}:{digest}"
 
 
+def experiments_of(instance: Path) -> list[Path]:
+    return sorted(p for p in instance.glob("tune-*") if p.is_dir())
+
+
 def collect(instance: Path) -> list[TrialRecord]:
     """Every trial of every Tune experiment of this instance, with its last result."""
     ledger = read_ledger(instance / LEDGER)
     records: dict[str, TrialRecord] = {}
-    for exp in sorted(instance.glob("tune-*")):
+    for exp in experiments_of(instance):
         if not tune.Tuner.can_restore(str(exp)):
             continue
         for result in tune.ExperimentAnalysis(str(exp)).trials:
             entry = ledger.get(result.trial_id)
+            if entry is None and (result.last_result or {}).get("slotsweep/replayed"):
+                continue  # a re-suggested copy of an ended trial, not a trial of its own
             metrics = dict(result.last_result or {})
             outcome = entry["outcome"] if entry else result.status.lower()
             if entry and entry.get("metrics"):
@@ -403,14 +465,16 @@ def run_sweep(
     ledger = instance / LEDGER
     callback = TrackingCallback(sweep, tracker, ledger, dataset_id(base))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=sweep, ledger=str(ledger)),
+        tune.with_parameters(run_trial, sweep=sweep, ledger=str(ledger),
+                             work=str(instance / "work")),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     # Snapshot the experiment state on every controller step (default: every >= 10 s),
     # so a resumed sweep never starts from a stale picture of its trials.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    _atomic_local_uploads()
 
-    experiments = sorted(instance.glob("tune-*"))
+    experiments = experiments_of(instance)
     if experiments and tune.Tuner.can_restore(str(experiments[-1])):
         tuner = tune.Tuner.restore(str(experiments[-1]), trainable, resume_unfinished=True,
                                    resume_errored=False)
@@ -421,7 +485,12 @@ def run_sweep(
     prior = collect(instance)
     missing = total - len(prior)
     if missing > 0:
-        name = f"tune-{len(sorted(instance.glob('tune-*'))):03d}"
+        name = f"tune-{len(experiments_of(instance)):03d}"
+        if prior:  # what the extension's search is told, for the record
+            (instance / f"{name}-warm-start.json").write_text(json.dumps({
+                "trial_ids": [r.trial_id for r in prior],
+                "values": [r.metrics.get(spec.search.metric) for r in prior],
+            }))
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(sweep),

@@ -220,17 +220,36 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
     order = sweep.order()
     for key, param in spec.search_space.items():
         for value in param.candidates():
-            params = _representative(sweep, order, {key: value, **_first_allowed(param)})
-            try:
-                sweep.trial_config(params)
-            except ConfigError as exc:
-                problem = str(exc).removeprefix(f"{path}: ")
-                trial = ", ".join(f"{k}={v!r}" for k, v in params.items())
-                raise ConfigError(
-                    f"{path}: search_space.{key}: value {value!r} can give an invalid trial "
-                    f"({trial}): {problem}"
-                ) from None
+            _check_value(sweep, order, key, value)
     return sweep
+
+
+def _check_value(sweep: Sweep, order: list[str], key: str, value: Any) -> None:
+    """Refuse `key: value` if no choice of the other keys' candidates makes it valid.
+
+    Only the value that is wrong on its own is blamed: `loss.beta: 0.001` is fine even
+    though it fails next to `loss.proj_depth: 0`, because it works with depth 2.
+    """
+    fixed = {key: value, **_first_allowed(sweep.spec.search_space[key])}
+    tries = [fixed] + [
+        {**fixed, other: c}
+        for other in order if other not in fixed
+        for c in sweep.spec.search_space[other].candidates()
+    ]
+    first_error = None
+    for attempt in tries:
+        params = _representative(sweep, order, attempt)
+        try:
+            sweep.trial_config(params)
+            return
+        except ConfigError as exc:
+            if first_error is None:
+                trial = ", ".join(f"{k}={v!r}" for k, v in params.items())
+                first_error = f"({trial}): {str(exc).removeprefix(f'{sweep.path}: ')}"
+    raise ConfigError(
+        f"{sweep.path}: search_space.{key}: value {value!r} gives no valid trial "
+        f"{first_error}"
+    )
 
 
 def _first_allowed(param: Param) -> dict[str, Any]:

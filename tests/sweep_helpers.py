@@ -1,0 +1,150 @@
+"""Helpers for end-to-end sweep tests: tiny sweep files, the real CLI in a subprocess,
+and reading back what Tune and MLflow stored."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TINY_MODEL
+
+
+def sweep_file(tmp_path: Path, data: Path, *, name: str = "tiny", **sections) -> Path:
+    """A small sweep over the 16x16 shards: each trial is a few seconds of CPU."""
+    tree = {
+        "config": {
+            "model": dict(TINY_MODEL),
+            "data": {"train": str(data / "train"), "val": str(data / "val")},
+            "train": {"steps": 8, "batch_size": 8, "warmup_steps": 2, "log_every": 2,
+                      "checkpoint_every": 2, "device": "cpu"},
+            "eval": {"every": 2, "batch_size": 16, "max_images": 16, "num_pictures": 2},
+        },
+        "search_space": {
+            "loss.type": {"choice": ["none", "cosine"]},
+            "loss.beta": {"loguniform": [1e-3, 1.0], "when": {"loss.type": "cosine"}},
+            "train.lr": {"loguniform": [1e-4, 1e-2]},
+        },
+        "search": {"num_samples": 3, "max_concurrent": 1, "seed": 0},
+        "scheduler": {"type": "none"},
+        "resources": {"cpu": 1, "gpu": 0},
+        "storage": str(tmp_path / "storage"),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            tree[key] = {**tree[key], **value}
+        else:
+            tree[key] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def cli(path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "slotsweep.run", str(path), "--address", "local",
+            "--num-cpus", "2", "--quiet", *args]
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return pids
+
+
+def end_session(sid: int) -> None:
+    """SIGKILL, by PID, every process left in the session a test started."""
+    for _ in range(20):
+        pids = [p for p in _session_pids(sid) if p != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def run(path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the sweep CLI to completion in its own session; clean up what it leaves."""
+    proc = subprocess.Popen(cli(path, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        end_session(proc.pid)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_and_kill(path: Path, until, *args: str, timeout: float = 600) -> bool:
+    """Start the sweep CLI, SIGKILL the driver (by PID) once `until()` holds, then end
+    what it left. Returns False if the driver finished before the condition held."""
+    proc = subprocess.Popen(cli(path, *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    killed = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if until():
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=30)
+    finally:
+        end_session(proc.pid)
+    return killed
+
+
+def instance_dir(storage: Path, sweep: str = "tiny") -> Path:
+    return sorted((storage / sweep).glob("run-*"))[-1]
+
+
+def ledger(storage: Path, sweep: str = "tiny") -> list[dict]:
+    runs = sorted((storage / sweep).glob("run-*"))
+    if not runs or not (runs[-1] / "ledger.jsonl").is_file():
+        return []
+    lines = (runs[-1] / "ledger.jsonl").read_text().splitlines()
+    out = []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def trial_results(storage: Path, sweep: str = "tiny") -> dict[str, list[dict]]:
+    """Every result line Tune wrote, per trial id, across the instance's experiments."""
+    out: dict[str, list[dict]] = {}
+    for exp in sorted(instance_dir(storage, sweep).glob("tune-*")):
+        for result_file in exp.glob("*/result.json"):
+            for line in result_file.read_text().splitlines():
+                row = json.loads(line)
+                out.setdefault(row["trial_id"], []).append(row)
+    return out
+
+
+def reported_steps(storage: Path, sweep: str = "tiny") -> int:
+    return sum(len(rows) for rows in trial_results(storage, sweep).values()) if list(
+        (storage / sweep).glob("run-*")) else 0
+
+
+def mlflow_runs(storage: Path, sweep: str = "tiny"):
+    client = MlflowClient(f"sqlite:///{storage / sweep / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    trials = [r for r in runs if r.data.tags.get("slotsweep.role") == "trial"]
+    parents = [r for r in runs if r.data.tags.get("slotsweep.role") == "sweep"]
+    return client, parents, trials

@@ -1,0 +1,156 @@
+"""End-to-end sweeps on a real local Ray cluster with a real MLflow (sqlite) store."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.sweep_helpers import (
+    instance_dir,
+    ledger,
+    mlflow_runs,
+    reported_steps,
+    run,
+    run_and_kill,
+    sweep_file,
+    trial_results,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def check_consistent(storage, expected_trials: int):
+    """The promises of a (possibly resumed) sweep, read from Tune's files and MLflow."""
+    results = trial_results(storage)
+    assert len(results) == expected_trials
+    for trial_id, rows in results.items():
+        steps = [r["step"] for r in rows if not r.get("slotsweep/replayed") and "step" in r]
+        assert steps == sorted(set(steps)), f"trial {trial_id} reported a step twice: {steps}"
+    client, parents, trials = mlflow_runs(storage)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [r.data.tags["slotsweep.trial_id"] for r in trials]
+    assert sorted(ids) == sorted(results), "exactly one MLflow run per trial"
+    for r in trials:
+        assert r.info.status in ("FINISHED", "KILLED"), (r.info.run_name, r.info.status)
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        history = client.get_metric_history(r.info.run_id, "val/fg_ari")
+        steps = [m.step for m in history]
+        assert steps and steps == sorted(set(steps)), f"duplicated metric steps {steps}"
+    return results, trials
+
+
+def params_sequence(storage):
+    entries = sorted(ledger(storage), key=lambda e: e["trial_id"])
+    return sorted(tuple(sorted((k, round(v, 12) if isinstance(v, float) else v)
+                               for k, v in e["params"].items())) for e in entries)
+
+
+def test_sweep_finds_best_trial_and_tracks_every_trial(tmp_path, dsprites16):
+    path = sweep_file(tmp_path, dsprites16)
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = tmp_path / "storage"
+    results, trials = check_consistent(storage, 3)
+    finals = {r.data.tags["slotsweep.trial_id"]: r.data.metrics["val/fg_ari"] for r in trials}
+    best = max(finals, key=finals.get)
+    assert f"best trial {best}: FG-ARI {finals[best]:.3f}" in done.stdout
+    assert "trivial baselines" in done.stdout and "blocks 2x2" in done.stdout
+    for r in trials:
+        assert r.data.params["loss.type"] in ("none", "cosine")
+        assert r.data.params["model.slot_size"] == "16"
+        assert r.data.tags["slotsweep.outcome"] == "finished"
+        assert r.data.tags["dataset_manifest"].startswith("train:64:")
+        assert r.data.metrics["step"] == 8
+        assert math.isfinite(r.data.metrics["train/recon"])
+    client = mlflow_runs(storage)[0]
+    arts = [a.path for a in client.list_artifacts(trials[0].info.run_id)]
+    assert "config.yaml" in arts and "masks" in arts
+
+    again = run(path)  # a finished sweep: nothing runs again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert trial_results(storage) == results
+
+
+def test_asha_stops_trials_early(tmp_path, dsprites16):
+    path = sweep_file(
+        tmp_path, dsprites16, search={"num_samples": 6, "max_concurrent": 2, "seed": 1},
+        scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 3},
+    )
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, trials = check_consistent(tmp_path / "storage", 6)
+    stopped = [r for r in trials if r.data.tags["slotsweep.outcome"] == "stopped early"]
+    assert stopped, "ASHA stopped no trial"
+    for r in stopped:
+        assert r.info.status == "KILLED" and r.data.metrics["step"] < 8
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, dsprites16):
+    """The reference: the same sweep run once without interruption."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    assert run(sweep_file(root, dsprites16)).returncode == 0
+    return root / "storage"
+
+
+@pytest.mark.parametrize("moment", ["during the first trial", "mid-sweep", "after the last"])
+def test_resume_after_driver_sigkill(tmp_path, dsprites16, uninterrupted, moment):
+    path = sweep_file(tmp_path, dsprites16)
+    storage = tmp_path / "storage"
+    until = {
+        "during the first trial": lambda: reported_steps(storage) >= 2,
+        "mid-sweep": lambda: len(ledger(storage)) >= 1 and reported_steps(storage) >= 6,
+        "after the last": lambda: len(ledger(storage)) >= 3,
+    }[moment]
+    run_and_kill(path, until)
+    before = ledger(storage)
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_consistent(storage, 3)
+    after = {e["trial_id"]: e for e in ledger(storage)}
+    for entry in before:  # nothing that had ended ran again
+        assert after[entry["trial_id"]]["metrics"] == entry["metrics"]
+    # The Optuna search continued its seeded sequence: the same trials as uninterrupted.
+    assert params_sequence(storage) == params_sequence(uninterrupted)
+    assert len([p for p in instance_dir(storage).glob("tune-*") if p.is_dir()]) == 1
+
+
+def test_extending_a_finished_sweep_runs_only_new_trials(tmp_path, dsprites16):
+    path = sweep_file(tmp_path, dsprites16, search={"num_samples": 2, "max_concurrent": 1})
+    assert run(path).returncode == 0
+    storage = tmp_path / "storage"
+    first = trial_results(storage)
+    first_runs = {r.info.run_id: r.data.metrics for r in mlflow_runs(storage)[2]}
+    done = run(path, "--num-samples", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results, trials = check_consistent(storage, 4)
+    for trial_id, rows in first.items():  # old trials untouched
+        assert results[trial_id] == rows
+    assert {r.info.run_id for r in trials} >= set(first_runs)
+    exps = sorted(p for p in instance_dir(storage).glob("tune-*") if p.is_dir())
+    assert [p.name for p in exps] == ["tune-000", "tune-001"]
+    warm = instance_dir(storage) / "tune-001-warm-start.json"
+    assert warm.is_file(), "the extension's search must record what it was told"
+    told = json.loads(warm.read_text())
+    assert len(told["values"]) == 2 and all(math.isfinite(v) for v in told["values"])
+    assert sorted(told["trial_ids"]) == sorted(first)
+
+
+def test_fresh_starts_a_new_instance_and_keeps_the_old(tmp_path, dsprites16):
+    path = sweep_file(tmp_path, dsprites16, search={"num_samples": 1})
+    assert run(path).returncode == 0
+    assert run(path, "--fresh").returncode == 0
+    storage = tmp_path / "storage"
+    assert [p.name for p in sorted((storage / "tiny").glob("run-*"))] == ["run-001", "run-002"]
+    _, parents, trials = mlflow_runs(storage)
+    assert len(parents) == 2 and len(trials) == 2
+
+
+def test_gpu_request_on_cpu_cluster_fails_before_any_trial(tmp_path, dsprites16):
+    path = sweep_file(tmp_path, dsprites16, resources={"cpu": 1, "gpu": 1})
+    done = run(path)
+    assert done.returncode == 2
+    assert f"{path}: resources.gpu:" in done.stderr and "no GPU" in done.stderr
+    assert not (tmp_path / "storage").exists()
