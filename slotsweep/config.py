@@ -67,7 +67,11 @@ class ModelConfig(_Section):
     slot_size: PositiveInt = 64
     mlp_hidden_size: PositiveInt = 128
     # gaussian: slots ~ N(mu, sigma) with learned mu, sigma (Locatello et al.).
-    slot_init: Literal["gaussian"] = "gaussian"
+    # queries: one learned initial vector per slot (BO-QSA, Jia et al. 2023); off-paper.
+    slot_init: Literal["gaussian", "queries"] = "gaussian"
+    # Implicit differentiation (Chang et al. 2022): back-propagate through the last
+    # iteration only, treating the earlier ones as a fixed-point solver; off-paper.
+    implicit_grad: bool = False
     # Evaluation uses fixed noise (seeded) so FG-ARI is deterministic; "mean" starts every
     # slot at mu, which for a shared Gaussian makes all slots identical forever.
     eval_slot_init: Literal["seeded", "mean"] = "seeded"
@@ -126,7 +130,8 @@ class LossConfig(_Section):
     warmup_steps: NonNegInt = 0
     # Projection head h: proj_depth hidden layers of proj_dim (Linear, norm, ReLU), then Linear.
     proj_depth: NonNegInt = 2
-    proj_dim: PositiveInt = 1024
+    # proj_dim null = the slot size (what an identity head, proj_depth 0, needs).
+    proj_dim: PositiveInt | None = 1024
     proj_norm: Literal["layernorm", "batchnorm", "none"] = "layernorm"
     # variance term v(Z) (vicreg only): gamma target std, eps inside the sqrt.
     gamma: NonNegFloat = 1.0
@@ -192,16 +197,24 @@ class TrialConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
         loss, model = self.loss, self.model
-        if loss.uses_head and loss.proj_depth == 0 and loss.proj_dim != model.slot_size:
+        if loss.uses_head and loss.proj_depth == 0 and loss.proj_dim not in (
+            None, model.slot_size
+        ):
             raise ValueError(
                 f"loss.proj_dim: {loss.proj_dim} must equal model.slot_size "
-                f"({model.slot_size}) when loss.proj_depth is 0 (identity head)"
+                f"({model.slot_size}) when loss.proj_depth is 0 (identity head); "
+                "null means 'the slot size'"
             )
         if loss.uses_head and loss.proj_norm == "batchnorm" and self.train.batch_size < 2:
             raise ValueError("loss.proj_norm: batchnorm needs train.batch_size >= 2")
         if loss.type != "none" and loss.beta == 0:
             raise ValueError(f"loss.beta: is 0, so loss.type '{loss.type}' would do nothing")
         return self
+
+    @property
+    def proj_dim(self) -> int:
+        """P, the width of the projection Z (the slot size when loss.proj_dim is null)."""
+        return self.loss.proj_dim or self.model.slot_size
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

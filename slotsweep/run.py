@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from slotsweep.config import ConfigError, parse_override
@@ -25,8 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the base trial config, e.g. --set train.steps=200")
     p.add_argument("--num-samples", type=int, help="total trials (raise it to extend)")
-    p.add_argument("--storage", help="storage directory (default: the sweep file's storage)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in storage)")
+    p.add_argument("--storage", default=os.environ.get("SLOTSWEEP_STORAGE"),
+                   help="storage directory (default: $SLOTSWEEP_STORAGE, else the sweep "
+                        "file's storage)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the sweep "
+                        "file's tracking.uri, else sqlite in the sweep's storage)")
     p.add_argument("--address", help="Ray: auto | local | ray://host:port | host:port "
                                      "(default: join a running cluster, else start one)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance")

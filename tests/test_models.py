@@ -31,6 +31,9 @@ VARIANTS = {
     "vicreg_no_norm": (
         {"encoder": "features", "decoder": "broadcast_mlp_upsample", "resolution": 16},
         {"type": "vicreg", "beta": 0.5, "proj_depth": 3, "proj_dim": 32, "proj_norm": "none"}),
+    "queries_implicit_grad": (
+        {"encoder": "cnn", "decoder": "broadcast_cnn", "resolution": 16,
+         "slot_init": "queries", "implicit_grad": True, "eval_slot_init": "mean"}, {}),
     "cosine": (
         {"encoder": "cnn", "decoder": "broadcast_cnn", "resolution": 16},
         {"type": "cosine", "beta": 0.01, "cosine_reduction": "mean"}),

@@ -31,6 +31,7 @@ def build_model(model: ModelConfig, loss: LossConfig) -> SlotAutoencoder:
         input_size=encoder.out_size, slot_size=model.slot_size,
         mlp_hidden_size=model.mlp_hidden_size, epsilon=model.epsilon, norm_eps=model.norm_eps,
         eval_slot_init=model.eval_slot_init, eval_seed=model.eval_seed,
+        slot_init=model.slot_init, implicit_grad=model.implicit_grad,
     )
 
     mask_grid = None
@@ -56,7 +57,8 @@ def build_model(model: ModelConfig, loss: LossConfig) -> SlotAutoencoder:
     head = None
     if loss.uses_head:
         head = ProjectionHead(
-            slot_size=model.slot_size, proj_dim=loss.proj_dim, depth=loss.proj_depth,
+            slot_size=model.slot_size, proj_dim=loss.proj_dim or model.slot_size,
+            depth=loss.proj_depth,
             norm=loss.proj_norm,
         )
     return SlotAutoencoder(

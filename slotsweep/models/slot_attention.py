@@ -27,6 +27,8 @@ class SlotAttention(nn.Module):
         norm_eps: float = 1e-3,
         eval_slot_init: str = "seeded",
         eval_seed: int = 0,
+        slot_init: str = "gaussian",
+        implicit_grad: bool = False,
     ) -> None:
         super().__init__()
         self.num_slots = num_slots
@@ -35,6 +37,8 @@ class SlotAttention(nn.Module):
         self.epsilon = epsilon
         self.eval_slot_init = eval_slot_init
         self.eval_seed = eval_seed
+        self.slot_init = slot_init
+        self.implicit_grad = implicit_grad
         self.scale = slot_size**-0.5
 
         self.norm_inputs = nn.LayerNorm(input_size, eps=norm_eps)
@@ -49,14 +53,21 @@ class SlotAttention(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(mlp_hidden_size, slot_size),
         )
-        self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_size))
-        self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_size))
-        nn.init.xavier_uniform_(self.slots_mu)
-        nn.init.xavier_uniform_(self.slots_log_sigma)
+        if slot_init == "queries":  # one learned starting point per slot
+            self.slots_mu = nn.Parameter(torch.empty(1, num_slots, slot_size))
+            nn.init.xavier_uniform_(self.slots_mu)
+        else:
+            self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_size))
+            self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_size))
+            nn.init.xavier_uniform_(self.slots_mu)
+            nn.init.xavier_uniform_(self.slots_log_sigma)
 
     def initial_slots(self, batch_size: int, device: torch.device, dtype: torch.dtype):
-        """Training: a fresh draw. Eval: the same draw for every image and every call."""
+        """Training: a fresh draw. Eval: the same draw for every image and every call.
+        Learned queries are deterministic in both modes."""
         shape = (batch_size, self.num_slots, self.slot_size)
+        if self.slot_init == "queries":
+            return self.slots_mu.expand(shape).to(dtype)
         mu, sigma = self.slots_mu, self.slots_log_sigma.exp()
         if self.training:
             noise = torch.randn(shape, device=device, dtype=dtype)
@@ -90,7 +101,11 @@ class SlotAttention(nn.Module):
         k, v = self.project_k(inputs), self.project_v(inputs)  # (B, N, D)
         if slots is None:
             slots = self.initial_slots(inputs.shape[0], inputs.device, inputs.dtype)
-        attn = None
-        for _ in range(self.num_iterations):
+        init, attn = slots, None
+        for i in range(self.num_iterations):
+            if self.implicit_grad and i == self.num_iterations - 1:
+                # Gradient through the last iteration only; the initialisation still
+                # learns through a straight-through path (BO-QSA, Jia et al. 2023).
+                slots = slots.detach() + init - init.detach()
             slots, attn = self.step(slots, k, v)
         return slots, attn
