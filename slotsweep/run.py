@@ -139,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from slotsweep import sweep as engine
 
-        started = engine.connect(args.address, num_cpus=args.num_cpus)
+        try:
+            started = engine.connect(args.address, num_cpus=args.num_cpus)
+        except ConnectionError as exc:
+            print(f"error: cannot connect to Ray at {args.address or 'auto'}: "
+                  f"{str(exc).strip().splitlines()[0]}; if the cluster uses token "
+                  "authentication, export RAY_AUTH_MODE=token", file=sys.stderr)
+            return 2
         engine.check_resources(sweep, started_locally=started == "local")
         result = engine.run_sweep(sweep, num_samples=args.num_samples, storage=args.storage,
                                   tracking_uri=args.tracking_uri, fresh=args.fresh,
