@@ -82,8 +82,11 @@ def summary(sweep: Sweep, result, started: str) -> str:
              "| trial | " + " | ".join(k.split(".")[-1] for k in keys) +
              " | FG-ARI | mBO | step | outcome |",
              "|---" * (len(keys) + 5) + "|"]
+    from slotsweep.sweep import active_params
+
     for t in rows:
-        vals = " | ".join(_fmt(t.params.get(k)) for k in keys)
+        active = active_params(sweep, t.params)
+        vals = " | ".join(_fmt(active.get(k)) for k in keys)  # "-": key inactive here
         lines.append(f"| {t.trial_id} | {vals} | {_fmt(t.metrics.get('val/fg_ari'))} | "
                      f"{_fmt(t.metrics.get('val/mbo'))} | {t.metrics.get('step', '-')} | "
                      f"{t.outcome}{': ' + t.error if t.error else ''} |")
@@ -101,7 +104,7 @@ def summary(sweep: Sweep, result, started: str) -> str:
     best = result.best(metric, mode)
     if best is not None:
         lines += ["", f"best trial {best.trial_id}: FG-ARI {_fmt(best.metrics.get('val/fg_ari'))}"
-                  f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(best, keys)})"]
+                  f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(sweep, best)})"]
     lines += [
         "", "open it in MLflow:",
         f"  mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000",
@@ -125,8 +128,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _fmt_params(t, keys) -> str:
-    return ", ".join(f"{k}={_fmt(t.params.get(k))}" for k in keys)
+def _fmt_params(sweep, t) -> str:
+    from slotsweep.sweep import active_params
+
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in active_params(sweep, t.params).items())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,7 +151,7 @@ def _warm_study(sweep: Sweep, prior: list[TrialRecord], name: str) -> optuna.sto
     for rec in prior:
         value = rec.metrics.get(sweep.spec.search.metric)
         params, used = {}, {}
-        for key, v in _active_params(sweep, rec.params).items():
+        for key, v in active_params(sweep, rec.params).items():
             if key in dists:
                 params[key], used[key] = v, dists[key]
             elif key + "#" in dists:
@@ -165,7 +165,7 @@ def _warm_study(sweep: Sweep, prior: list[TrialRecord], name: str) -> optuna.sto
     return storage
 
 
-def _active_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
+def active_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     """Drop conditional keys whose condition does not hold (their value is the base's)."""
     values = {**sweep.base_flat(), **params}
     return {k: v for k, v in params.items()
@@ -252,7 +252,7 @@ class TrackingCallback(Callback):
     def _run(self, trial) -> str:
         config = self.sweep.trial_config(trial.config)
         params = {k: v for k, v in config.flat().items()}
-        active = _active_params(self.sweep, trial.config)
+        active = active_params(self.sweep, trial.config)
         name = f"{trial.trial_id} " + " ".join(f"{k.split('.')[-1]}={_short(v)}"
                                                 for k, v in active.items())
         return self.tracker.trial_run(
@@ -497,7 +497,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 search_alg=_search(sweep, prior, name), scheduler=_scheduler(sweep),
                 metric=spec.search.metric, mode=spec.search.mode, num_samples=missing,
-                reuse_actors=False,
+                reuse_actors=True,  # a worker process per trial costs ~5 s of imports
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(instance), callbacks=[callback],

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
+import pickle
 
 import pytest
 
@@ -131,11 +131,17 @@ def test_extending_a_finished_sweep_runs_only_new_trials(tmp_path, dsprites16):
     assert {r.info.run_id for r in trials} >= set(first_runs)
     exps = sorted(p for p in instance_dir(storage).glob("tune-*") if p.is_dir())
     assert [p.name for p in exps] == ["tune-000", "tune-001"]
-    warm = instance_dir(storage) / "tune-001-warm-start.json"
-    assert warm.is_file(), "the extension's search must record what it was told"
-    told = json.loads(warm.read_text())
-    assert len(told["values"]) == 2 and all(math.isfinite(v) for v in told["values"])
-    assert sorted(told["trial_ids"]) == sorted(first)
+    # The extension's Optuna study was told every earlier trial's result: read the
+    # searcher state Tune saved for the new experiment (our own pickle, trusted).
+    state_file = sorted(exps[1].glob("searcher-state-*.pkl"))[-1]
+    with state_file.open("rb") as f:
+        searcher = pickle.load(f)
+    study_trials = searcher["_ot_study"].trials
+    told = [t for t in study_trials if t.number < 2]
+    assert len(study_trials) == 4 and len(told) == 2
+    old_values = sorted(first_runs[r]["val/fg_ari"] for r in first_runs)
+    assert sorted(t.value for t in told) == pytest.approx(old_values)
+    assert all(t.state.name == "COMPLETE" for t in study_trials)
 
 
 def test_fresh_starts_a_new_instance_and_keeps_the_old(tmp_path, dsprites16):
