@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default="configs/dsprites_small.yaml")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the recorded curve without training further")
     args = parser.parse_intermixed_args()
     config = load_config(args.config, args.overrides)
     workdir = Path(args.workdir or f"benchmarks/out/learning/{Path(args.config).stem}")
@@ -50,7 +52,8 @@ def main() -> None:
 
     if config.data.synthetic:
         ensure_synthetic(config.data, resolution=config.model.resolution)
-    fit(config, record, workdir=workdir, log=lambda s: print(s, flush=True))
+    if not args.report_only:
+        fit(config, record, workdir=workdir, log=lambda s: print(s, flush=True))
 
     val = Batches.open(config.data.val, config.model, eval=True)
     seg = torch.cat([b["segmentation"].long() for b in
