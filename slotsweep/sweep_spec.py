@@ -200,6 +200,12 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
     source = f"{path} (base config)"
     base_cfg = build_config(base, source=source, overrides=overrides or {})
     base = base_cfg.to_dict()
+    # Trials run in Ray's per-trial working directories, on any node: data paths are
+    # made absolute here, relative to where the sweep is started (as a user reads them).
+    for split in ("train", "val"):
+        value = base["data"][split]
+        if "://" not in value and not Path(value).is_absolute():
+            base["data"][split] = str(Path.cwd() / value)
 
     keys = known_keys()
     if not spec.search_space:

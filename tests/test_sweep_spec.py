@@ -144,3 +144,12 @@ def test_unknown_sweep_name_lists_the_known_ones():
 def test_every_shipped_sweep_file_validates(path):
     sweep = load_sweep(str(path))
     assert sweep.spec.search_space
+
+
+def test_relative_data_paths_are_resolved_where_the_sweep_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree = with_(**{"config/data": {"train": "data/x/train", "val": str(tmp_path / "v")}})
+    sweep = load_sweep(str(write(tmp_path, tree)))
+    cfg = sweep.trial_config({"loss.type": "none"})
+    assert cfg.data.train == str(tmp_path / "data/x/train")  # not the trial's own cwd
+    assert cfg.data.val == str(tmp_path / "v")
