@@ -1,6 +1,7 @@
 """Prepare datasets as Arrow shards (DESIGN.md, "The flow of data").
 
     python -m slotsweep.prepare dsprites --out data/dsprites64 --train 60000 --val 320
+    python -m slotsweep.prepare features --in data/dsprites64/val --weights PATH.pth
 
 Each split is written resumably: rerunning after an interruption continues from the
 last complete shard, and rerunning over a finished split says so and does nothing.
@@ -18,6 +19,12 @@ from slotsweep.data.shards import MANIFEST, ShardError
 from slotsweep.data.synthetic import write_dsprites
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _dsprites(args: argparse.Namespace) -> None:
     splits = [("train", args.train, 0), ("val", args.val, args.train)]
     for name, num, start in splits:
@@ -33,6 +40,20 @@ def _dsprites(args: argparse.Namespace) -> None:
         print(f"{out}: {num} scenes at {args.resolution}x{args.resolution}")
 
 
+def _features(args: argparse.Namespace) -> None:
+    from slotsweep.data.features import add_features, create_encoder
+    from slotsweep.data.shards import ShardDataset
+
+    encoder = create_encoder(args.encoder, weights=args.weights, block=args.block)
+    out = args.out or f"{args.input.rstrip('/')}-{args.encoder.replace('/', '_')}"
+    total = len(ShardDataset(args.input))
+    with tqdm(total=total, desc=f"{args.encoder} tokens", unit="img",
+              dynamic_ncols=True) as bar:
+        add_features(args.input, out, encoder, batch_size=args.batch_size, device=args.device,
+                     progress=bar.update)
+    print(f"{out}: {total} rows, tokens {list(encoder.grid)} x {encoder.dim} (float16)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slotsweep.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,10 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     ds.add_argument("--seed", type=int, default=0)
     ds.add_argument("--rows-per-shard", type=int, default=4096)
     ds.set_defaults(run=_dsprites)
+    ft = sub.add_parser("features", help="add frozen-ViT tokens to image shards")
+    ft.add_argument("--in", dest="input", required=True, help="a split directory of shards")
+    ft.add_argument("--out", help="output split directory (default: IN-ENCODER)")
+    ft.add_argument("--encoder", default="vit_base_patch16_224.dino", help="a timm ViT name")
+    ft.add_argument("--weights", default="pretrained",
+                    help="pretrained | random | PATH to a state dict")
+    ft.add_argument("--block", type=int, default=None, help="1-based block (default: last)")
+    ft.add_argument("--batch-size", type=int, default=64)
+    ft.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ft.set_defaults(run=_features)
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ShardError, ValueError) as exc:
+    except (ShardError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

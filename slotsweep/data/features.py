@@ -1,0 +1,172 @@
+"""Frozen ViT token features (DINOSAUR's encoder), computed once per dataset.
+
+A timm ViT (default DINO ViT-B/16, `vit_base_patch16_224.dino`) runs over images with
+ImageNet normalisation; the tokens of block N (default: the last) are taken *without*
+the final norm and with the prefix tokens (CLS, registers) dropped, and stored as
+float16 — 196 × 768 per 224×224 image for ViT-B/16 (PAPER.md, "DINOSAUR").
+Weights: timm's pretrained weights (needs the hub), a local checkpoint file, or
+`random` for offline tests; the manifest records which, with a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_ENCODER = "vit_base_patch16_224.dino"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A frozen ViT and what the manifest records about it."""
+
+    model: torch.nn.Module
+    name: str
+    weights: str  # "pretrained", "random" or a file path
+    weights_hash: str
+    block: int  # 1-based index of the block whose tokens are taken
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+    grid: tuple[int, int]
+    dim: int
+
+    def attributes(self) -> dict:
+        return {"encoder": self.name, "weights": self.weights,
+                "weights_hash": self.weights_hash, "block": self.block,
+                "normalisation": {"mean": list(self.mean), "std": list(self.std)},
+                "encoder_image_size": self.image_size, "token_grid": list(self.grid),
+                "feature_dim": self.dim, "prefix_tokens": "dropped", "final_norm": False}
+
+
+def _state_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def create_encoder(
+    name: str = DEFAULT_ENCODER, *, weights: str = "pretrained", block: int | None = None,
+    seed: int = 0, **model_kwargs,
+) -> Encoder:
+    """Build the frozen encoder. `weights`: "pretrained" (timm hub), "random" (seeded,
+    for offline tests), or a path to a state dict (loaded with `weights_only=True`)."""
+    import timm
+
+    if weights == "random":
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
+    elif weights == "pretrained":
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=0, **model_kwargs)
+        except Exception as exc:  # offline, unknown tag, ...
+            raise RuntimeError(
+                f"cannot load pretrained weights for {name!r} ({exc}); pass --weights PATH "
+                "to a local checkpoint, or --weights random for a test run"
+            ) from None
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"--weights {weights}: no such checkpoint file")
+        model = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state.get("state_dict", state))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.startswith("head")]:
+            raise ValueError(f"{path}: checkpoint lacks {len(missing)} encoder weights, "
+                             f"e.g. {missing[:3]}")
+    model.eval().requires_grad_(False)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    num_blocks = len(model.blocks)
+    block = block or num_blocks
+    if not 1 <= block <= num_blocks:
+        raise ValueError(f"block {block}: {name} has blocks 1..{num_blocks}")
+    grid = tuple(model.patch_embed.grid_size)
+    image_size = model.patch_embed.img_size[0]
+    return Encoder(model, name, weights if weights in ("pretrained", "random") else
+                   str(Path(weights).resolve()), _state_hash(model), block, mean, std,
+                   image_size, grid, model.embed_dim)
+
+
+@torch.no_grad()
+def extract_tokens(
+    encoder: Encoder, images: np.ndarray | torch.Tensor, *, device: str | torch.device = "cpu",
+    autocast: bool = False,
+) -> np.ndarray:
+    """uint8 images [B, H, W, 3] at the encoder's size → float16 tokens [B, T, D]."""
+    x = torch.as_tensor(images).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W) in [0, 1]
+    mean = torch.tensor(encoder.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std  # ImageNet normalisation (the authors skipped it: a flaw)
+    model = encoder.model.to(x.device)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=autocast):
+        tokens = model.forward_intermediates(
+            x, indices=[encoder.block - 1], norm=False, stop_early=True,
+            output_fmt="NLC", intermediates_only=True,
+        )[0]  # (B, T, D): patch tokens only, no final norm
+    return tokens.float().cpu().numpy().astype(np.float16)
+
+
+def resize_for(encoder: Encoder, images: np.ndarray) -> np.ndarray:
+    """Resize uint8 images [B, H, W, 3] to the encoder's input size (bicubic, antialiased)."""
+    size = encoder.image_size
+    if images.shape[1:3] == (size, size):
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic",
+                                        antialias=True, align_corners=False)
+    return x.clamp_(0, 255).round_().byte().permute(0, 2, 3, 1).numpy()
+
+
+def add_features(
+    src: str | Path, out: str | Path, encoder: Encoder, *, batch_size: int = 64,
+    device: str = "cpu", rows_per_shard: int = 1024, progress=None,
+) -> Path:
+    """Copy the image shards at `src` to `out` with a `features` column added.
+
+    Resumable: rerunning continues after the last complete output shard. Refuses an
+    output directory written with another encoder (mixing encoders is never right).
+    """
+    from slotsweep.data.shards import MANIFEST, ShardDataset, ShardError, ShardWriter
+
+    source = ShardDataset(src)
+    if "image" not in source.columns:
+        raise ShardError(f"{src}: has no image column to encode")
+    attributes = {**source.manifest.get("attributes", {}), **encoder.attributes(),
+                  "features_of": str(Path(src).resolve())}
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        from slotsweep.data.shards import read_manifest
+
+        found = read_manifest(out).get("attributes", {})
+        keys = ("encoder", "weights_hash", "block")
+        if any(found.get(k) != attributes[k] for k in keys):
+            raise ShardError(
+                f"{out}: already holds features of {found.get('encoder')} "
+                f"({found.get('weights_hash')}), not {encoder.name} "
+                f"({encoder.weights_hash}); choose another --out"
+            )
+        print(f"{out}: already complete, nothing to do")
+        return out
+    with ShardWriter(out, rows_per_shard=rows_per_shard, attributes=attributes,
+                     resume=True) as writer:
+        for start in range(writer.rows_done, len(source), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(source)))
+            batch = source.get_batch(rows)
+            batch["features"] = extract_tokens(encoder, resize_for(encoder, batch["image"]),
+                                               device=device, autocast=device != "cpu")
+            writer.write(batch)
+            if progress:
+                progress(len(rows))
+    return out
