@@ -54,6 +54,60 @@ def _features(args: argparse.Namespace) -> None:
     print(f"{out}: {total} rows, tokens {list(encoder.grid)} x {encoder.dim} (float16)")
 
 
+def write_coco(images: str, annotations: str, out: str | Path, encoder, *,
+               batch_size: int = 64, device: str = "cpu", target_size: int = 128,
+               rows_per_shard: int = 1024, progress=None) -> Path:
+    """COCO images → shards of tokens (frozen ViT), target images and label maps.
+
+    Resumable: a rerun skips the images of the complete shards already written.
+    """
+    import numpy as np
+
+    from slotsweep.data.coco import iterate_coco, load_coco
+    from slotsweep.data.features import extract_tokens
+    from slotsweep.data.shards import ShardWriter
+
+    total = len(load_coco(annotations).getImgIds())
+    attributes = {"dataset": "coco", "annotations": Path(annotations).name,
+                  "image_size": target_size, "mask_geometry": "short side 320, centre crop",
+                  "encoder_geometry": f"short side {encoder.image_size}, centre crop",
+                  **encoder.attributes()}
+    with ShardWriter(out, rows_per_shard=rows_per_shard, attributes=attributes,
+                     resume=True) as writer:
+        rows = iterate_coco(images, annotations, image_size=encoder.image_size,
+                            target_size=target_size, start=writer.rows_done)
+        if progress:
+            progress(writer.rows_done)
+        batch: list[dict] = []
+        for done, row in enumerate(rows, start=writer.rows_done + 1):
+            batch.append(row)
+            if len(batch) == batch_size or done == total:
+                vit = np.stack([r.pop("image_vit") for r in batch])
+                columns = {k: np.stack([r[k] for r in batch]) for k in batch[0]}
+                columns["id"] = columns["id"].astype(np.int64)
+                columns["features"] = extract_tokens(encoder, vit, device=device,
+                                                     autocast=device != "cpu")
+                writer.write(columns)
+                if progress:
+                    progress(len(batch))
+                batch = []
+    return Path(out)
+
+
+def _coco(args: argparse.Namespace) -> None:
+    from slotsweep.data.features import create_encoder
+
+    encoder = create_encoder(args.encoder, weights=args.weights, block=args.block)
+    out = Path(args.out)
+    if (out / MANIFEST).is_file():
+        print(f"{out}: already complete, nothing to do")
+        return
+    with tqdm(desc="coco", unit="img", dynamic_ncols=True) as bar:
+        write_coco(args.images, args.annotations, out, encoder, batch_size=args.batch_size,
+                   device=args.device, target_size=args.target_size, progress=bar.update)
+    print(f"{out}: tokens {list(encoder.grid)} x {encoder.dim}, label maps 320x320")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slotsweep.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,6 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--batch-size", type=int, default=64)
     ft.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ft.set_defaults(run=_features)
+    co = sub.add_parser("coco", help="COCO via pycocotools + frozen-ViT tokens")
+    co.add_argument("--images", required=True, help="folder of the split's JPEG files")
+    co.add_argument("--annotations", required=True, help="instances_*.json")
+    co.add_argument("--out", required=True, help="output split directory")
+    co.add_argument("--encoder", default="vit_base_patch16_224.dino")
+    co.add_argument("--weights", default="pretrained",
+                    help="pretrained | random | PATH to a state dict")
+    co.add_argument("--block", type=int, default=None)
+    co.add_argument("--batch-size", type=int, default=64)
+    co.add_argument("--target-size", type=int, default=128,
+                    help="image size kept for image-reconstruction runs")
+    co.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    co.set_defaults(run=_coco)
     args = parser.parse_args(argv)
     try:
         args.run(args)
