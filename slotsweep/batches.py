@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from slotsweep.config import ModelConfig
+from slotsweep.data.remote import local_split
 from slotsweep.data.shards import ShardDataset, ShardError, read_manifest
 
 
@@ -69,6 +70,7 @@ class Batches:
 
     @classmethod
     def open(cls, path: str, model: ModelConfig, *, eval: bool) -> Batches:
+        path = str(local_split(path))  # s3://, gs://, file://: a verified local cache
         columns = columns_for(model, eval=eval)
         if eval and "image" not in columns and "image" in read_manifest(path)["columns"]:
             columns.append("image")  # for mask pictures of feature models

@@ -108,6 +108,19 @@ def _coco(args: argparse.Namespace) -> None:
     print(f"{out}: tokens {list(encoder.grid)} x {encoder.dim}, label maps 320x320")
 
 
+def _multi_dsprites(args: argparse.Namespace) -> None:
+    from slotsweep.data.multi_dsprites import import_multi_dsprites
+
+    out = Path(args.out)
+    if (out / MANIFEST).is_file():
+        print(f"{out}: already complete, nothing to do")
+        return
+    with tqdm(total=args.count, desc="multi-dsprites", unit="img", dynamic_ncols=True) as bar:
+        import_multi_dsprites(args.tfrecord, out, start=args.start, count=args.count,
+                              rows_per_shard=args.rows_per_shard, progress=bar.update)
+    print(f"{out}: records {args.start}..{args.start + (args.count or 0)} of {args.tfrecord}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slotsweep.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="image size kept for image-reconstruction runs")
     co.add_argument("--device", default="cuda" if _cuda() else "cpu")
     co.set_defaults(run=_coco)
+    md = sub.add_parser("multi-dsprites", help="DeepMind's multi_dsprites TFRecord (no TF)")
+    md.add_argument("--tfrecord", required=True, help="e.g. multi_dsprites_colored_on_colored"
+                                                      ".tfrecords (GZIP)")
+    md.add_argument("--out", required=True, help="output split directory")
+    md.add_argument("--start", type=int, default=0, help="first record")
+    md.add_argument("--count", type=int, default=None, help="records (default: to the end)")
+    md.add_argument("--rows-per-shard", type=int, default=4096)
+    md.set_defaults(run=_multi_dsprites)
     args = parser.parse_args(argv)
     try:
         args.run(args)
