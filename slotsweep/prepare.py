@@ -10,6 +10,7 @@ last complete shard, and rerunning over a finished split says so and does nothin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,43 +55,47 @@ def _features(args: argparse.Namespace) -> None:
     print(f"{out}: {total} rows, tokens {list(encoder.grid)} x {encoder.dim} (float16)")
 
 
-def write_coco(images: str, annotations: str, out: str | Path, encoder, *,
-               batch_size: int = 64, device: str = "cpu", target_size: int = 128,
-               rows_per_shard: int = 1024, progress=None) -> Path:
-    """COCO images → shards of tokens (frozen ViT), target images and label maps.
-
-    Resumable: a rerun skips the images of the complete shards already written.
-    """
+def _stack(rows: list[dict]) -> dict:
     import numpy as np
 
-    from slotsweep.data.coco import iterate_coco, load_coco
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def write_coco(images: str, annotations: str, out: str | Path, encoder, *,
+               batch_size: int = 64, device: str = "cpu", target_size: int = 128,
+               rows_per_shard: int = 1024, workers: int = 0, progress=None) -> Path:
+    """COCO images → shards of tokens (frozen ViT), target images and label maps.
+
+    JPEG decoding and label maps run in `workers` DataLoader processes while the encoder
+    runs batches on `device`. Resumable: a rerun skips the complete shards' images.
+    """
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from slotsweep.data.coco import CocoImages
     from slotsweep.data.features import extract_tokens
     from slotsweep.data.shards import ShardWriter
 
-    total = len(load_coco(annotations).getImgIds())
+    dataset = CocoImages(images, annotations, image_size=encoder.image_size,
+                         target_size=target_size)
     attributes = {"dataset": "coco", "annotations": Path(annotations).name,
                   "image_size": target_size, "mask_geometry": "short side 320, centre crop",
                   "encoder_geometry": f"short side {encoder.image_size}, centre crop",
                   **encoder.attributes()}
     with ShardWriter(out, rows_per_shard=rows_per_shard, attributes=attributes,
                      resume=True) as writer:
-        rows = iterate_coco(images, annotations, image_size=encoder.image_size,
-                            target_size=target_size, start=writer.rows_done)
         if progress:
             progress(writer.rows_done)
-        batch: list[dict] = []
-        for done, row in enumerate(rows, start=writer.rows_done + 1):
-            batch.append(row)
-            if len(batch) == batch_size or done == total:
-                vit = np.stack([r.pop("image_vit") for r in batch])
-                columns = {k: np.stack([r[k] for r in batch]) for k in batch[0]}
-                columns["id"] = columns["id"].astype(np.int64)
-                columns["features"] = extract_tokens(encoder, vit, device=device,
-                                                     autocast=device != "cpu")
-                writer.write(columns)
-                if progress:
-                    progress(len(batch))
-                batch = []
+        todo = Subset(dataset, range(writer.rows_done, len(dataset)))
+        loader = DataLoader(todo, batch_size=batch_size, num_workers=workers,
+                            collate_fn=_stack, pin_memory=torch.cuda.is_available())
+        for columns in loader:
+            vit = columns.pop("image_vit")
+            columns["features"] = extract_tokens(encoder, vit, device=device,
+                                                 autocast=device != "cpu")
+            writer.write(columns)
+            if progress:
+                progress(len(columns["id"]))
     return Path(out)
 
 
@@ -104,7 +109,9 @@ def _coco(args: argparse.Namespace) -> None:
         return
     with tqdm(desc="coco", unit="img", dynamic_ncols=True) as bar:
         write_coco(args.images, args.annotations, out, encoder, batch_size=args.batch_size,
-                   device=args.device, target_size=args.target_size, progress=bar.update)
+                   device=args.device, target_size=args.target_size,
+                   rows_per_shard=args.rows_per_shard, workers=args.workers,
+                   progress=bar.update)
     print(f"{out}: tokens {list(encoder.grid)} x {encoder.dim}, label maps 320x320")
 
 
@@ -155,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("--target-size", type=int, default=128,
                     help="image size kept for image-reconstruction runs")
     co.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    co.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                    help="DataLoader processes decoding JPEGs")
+    co.add_argument("--rows-per-shard", type=int, default=1024)
     co.set_defaults(run=_coco)
     md = sub.add_parser("multi-dsprites", help="DeepMind's multi_dsprites TFRecord (no TF)")
     md.add_argument("--tfrecord", required=True, help="e.g. multi_dsprites_colored_on_colored"

@@ -134,6 +134,47 @@ def _open_image(path: Path, info: dict, annotations_file: Path) -> Image.Image:
     return img.convert("RGB")  # grayscale and CMYK JPEGs exist in COCO
 
 
+class CocoImages:
+    """Map-style view of a COCO split (usable by a DataLoader with decode workers).
+
+    Item i is the i-th image in increasing image-id order, prepared as `iterate_coco`
+    describes. The COCO index is loaded lazily in each process.
+    """
+
+    def __init__(self, images_dir: str | Path, annotations_file: str | Path, *,
+                 image_size: int = 224, mask_size: int = 320, target_size: int = 128) -> None:
+        self.images_dir, self.annotations_file = Path(images_dir), Path(annotations_file)
+        self.image_size, self.mask_size, self.target_size = image_size, mask_size, target_size
+        self._coco: COCO | None = None
+
+    @property
+    def coco(self) -> COCO:
+        if self._coco is None:
+            self._coco = load_coco(self.annotations_file)
+            self.image_ids = sorted(self._coco.getImgIds())
+        return self._coco
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_coco": None}  # each worker loads its own index
+
+    def __len__(self) -> int:
+        return len(self.coco.getImgIds())
+
+    def __getitem__(self, index: int) -> dict:
+        coco = self.coco
+        image_id = self.image_ids[index]
+        info = coco.imgs[image_id]
+        img = _open_image(self.images_dir / info["file_name"], info, self.annotations_file)
+        labels = instance_label_map(coco, image_id)  # [H, W]
+        return {
+            "id": np.int64(image_id),
+            "image_vit": prepare_image(img, self.image_size),
+            "image": downsample_image(img, self.target_size),
+            "segmentation": center_crop(resize_label_map(labels, self.mask_size),
+                                        self.mask_size),
+        }
+
+
 def iterate_coco(
     images_dir: str | Path,
     annotations_file: str | Path,
@@ -150,17 +191,8 @@ def iterate_coco(
     ``image`` uint8 [target_size, target_size, 3] and ``segmentation`` int16
     [mask_size, mask_size]. Images without annotations are included (all-zero labels).
     """
-    images_dir, annotations_file = Path(images_dir), Path(annotations_file)
-    coco = load_coco(annotations_file)
-    image_ids = sorted(coco.getImgIds())
-    stop = None if count is None else start + count
-    for image_id in image_ids[start:stop]:
-        info = coco.imgs[image_id]
-        img = _open_image(images_dir / info["file_name"], info, annotations_file)
-        labels = instance_label_map(coco, image_id)  # [H, W]
-        yield {
-            "id": np.int64(image_id),
-            "image_vit": prepare_image(img, image_size),
-            "image": downsample_image(img, target_size),
-            "segmentation": center_crop(resize_label_map(labels, mask_size), mask_size),
-        }
+    images = CocoImages(images_dir, annotations_file, image_size=image_size,
+                        mask_size=mask_size, target_size=target_size)
+    stop = len(images) if count is None else min(len(images), start + count)
+    for index in range(start, stop):
+        yield images[index]
