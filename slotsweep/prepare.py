@@ -100,11 +100,11 @@ def write_coco(images: str, annotations: str, out: str | Path, encoder, *,
 
 
 def _coco(args: argparse.Namespace) -> None:
-    from slotsweep.data.features import create_encoder
+    from slotsweep.data.features import create_encoder, finished_with
 
     encoder = create_encoder(args.encoder, weights=args.weights, block=args.block)
     out = Path(args.out)
-    if (out / MANIFEST).is_file():
+    if finished_with(out, encoder):  # refuses another encoder's output directory
         print(f"{out}: already complete, nothing to do")
         return
     with tqdm(desc="coco", unit="img", dynamic_ncols=True) as bar:

@@ -301,3 +301,7 @@ def test_prepare_coco_cli_killed_midway_resumes_to_identical_shards(coco_dir, tm
     assert names == sorted(p.name for p in out.iterdir())
     for name in names:
         assert (straight / name).read_bytes() == (out / name).read_bytes(), name
+    again = subprocess.run(cmd(out, 0), capture_output=True, text=True)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    other = subprocess.run(cmd(out, 0) + ["--block", "3"], capture_output=True, text=True)
+    assert other.returncode == 2 and "already holds features of" in other.stderr

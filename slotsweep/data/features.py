@@ -129,6 +129,26 @@ def resize_for(encoder: Encoder, images: np.ndarray) -> np.ndarray:
     return x.clamp_(0, 255).round_().byte().permute(0, 2, 3, 1).numpy()
 
 
+def finished_with(out: str | Path, encoder: Encoder) -> bool:
+    """True if `out` is a finished split of this encoder's tokens; False if unfinished.
+    A split of another encoder (or other weights, or block) is refused: mixing
+    encoders in one directory is never right."""
+    from slotsweep.data.shards import MANIFEST, ShardError, read_manifest
+
+    if not (Path(out) / MANIFEST).is_file():
+        return False
+    found = read_manifest(out).get("attributes", {})
+    wanted = encoder.attributes()
+    if any(found.get(k) != wanted[k] for k in ("encoder", "weights_hash", "block")):
+        raise ShardError(
+            f"{out}: already holds features of {found.get('encoder')} "
+            f"({found.get('weights_hash')}, block {found.get('block')}), not "
+            f"{encoder.name} ({encoder.weights_hash}, block {encoder.block}); "
+            "choose another --out"
+        )
+    return True
+
+
 def add_features(
     src: str | Path, out: str | Path, encoder: Encoder, *, batch_size: int = 64,
     device: str = "cpu", rows_per_shard: int = 1024, progress=None,
@@ -138,7 +158,7 @@ def add_features(
     Resumable: rerunning continues after the last complete output shard. Refuses an
     output directory written with another encoder (mixing encoders is never right).
     """
-    from slotsweep.data.shards import MANIFEST, ShardDataset, ShardError, ShardWriter
+    from slotsweep.data.shards import ShardDataset, ShardError, ShardWriter
 
     source = ShardDataset(src)
     if "image" not in source.columns:
@@ -146,17 +166,7 @@ def add_features(
     attributes = {**source.manifest.get("attributes", {}), **encoder.attributes(),
                   "features_of": str(Path(src).resolve())}
     out = Path(out)
-    if (out / MANIFEST).is_file():
-        from slotsweep.data.shards import read_manifest
-
-        found = read_manifest(out).get("attributes", {})
-        keys = ("encoder", "weights_hash", "block")
-        if any(found.get(k) != attributes[k] for k in keys):
-            raise ShardError(
-                f"{out}: already holds features of {found.get('encoder')} "
-                f"({found.get('weights_hash')}), not {encoder.name} "
-                f"({encoder.weights_hash}); choose another --out"
-            )
+    if finished_with(out, encoder):
         print(f"{out}: already complete, nothing to do")
         return out
     with ShardWriter(out, rows_per_shard=rows_per_shard, attributes=attributes,
