@@ -7,7 +7,7 @@ import torch
 from slotsweep.batches import Batches, to_model_inputs
 from slotsweep.config import TrialConfig
 from slotsweep.losses import compute_losses
-from slotsweep.metrics import fg_ari, mbo, nanmean
+from slotsweep.metrics import fg_ari, mbo, nanmean, stripe_score
 from slotsweep.pictures import mask_picture, to_uint8
 
 
@@ -28,7 +28,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    aris, mbos, sums, count = [], [], {}, 0
+    aris, mbos, stripes, sums, count = [], [], [], {}, 0
     picture = None
     for batch in batches.eval_batches(config.eval.batch_size, config.eval.max_images):
         inputs, target, segmentation = to_model_inputs(batch, config.model, device)
@@ -41,12 +41,14 @@ def evaluate(
         count += n
         if picture is None and config.eval.num_pictures:
             picture = _picture(batch, target, out, config)
+        stripes.append(stripe_score(out["masks"]))
         if segmentation is not None:
             masks = out["masks"].float()
             aris.append(fg_ari(masks, segmentation))
             mbos.append(mbo(masks, segmentation))
     model.train(was_training)
     metrics = {f"val/{name}": total / count for name, total in sums.items()}
+    metrics["val/stripe"] = nanmean(torch.cat(stripes))
     if aris:
         metrics["val/fg_ari"] = nanmean(torch.cat(aris))
         metrics["val/mbo"] = nanmean(torch.cat(mbos))

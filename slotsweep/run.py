@@ -80,15 +80,16 @@ def summary(sweep: Sweep, result, started: str) -> str:
     keys = sweep.order()
     lines = ["", f"sweep {sweep.name}: {len(rows)} trials in {result.instance_dir}",
              "| trial | " + " | ".join(k.split(".")[-1] for k in keys) +
-             " | FG-ARI | mBO | step | outcome |",
-             "|---" * (len(keys) + 5) + "|"]
+             " | FG-ARI | mBO | stripe | step | outcome |",
+             "|---" * (len(keys) + 6) + "|"]
     from slotsweep.sweep import active_params
 
     for t in rows:
         active = active_params(sweep, t.params)
         vals = " | ".join(_fmt(active.get(k)) for k in keys)  # "-": key inactive here
         lines.append(f"| {t.trial_id} | {vals} | {_fmt(t.metrics.get('val/fg_ari'))} | "
-                     f"{_fmt(t.metrics.get('val/mbo'))} | {t.metrics.get('step', '-')} | "
+                     f"{_fmt(t.metrics.get('val/mbo'))} | {_fmt(t.metrics.get('val/stripe'))} | "
+                     f"{t.metrics.get('step', '-')} | "
                      f"{t.outcome}{': ' + t.error if t.error else ''} |")
     base = sweep.trial_config({})
     val = Batches.open(base.data.val, base.model, eval=True)

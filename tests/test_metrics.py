@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score
 
-from slotsweep.metrics import fg_ari, mbo, nanmean
+from slotsweep.metrics import fg_ari, mbo, nanmean, stripe_score
 
 
 def sklearn_fg_ari(pred_masks: torch.Tensor, segmentation: torch.Tensor) -> np.ndarray:
@@ -211,3 +211,38 @@ def test_nanmean():
         warnings.simplefilter("error")
         assert math.isnan(nanmean(torch.tensor([math.nan, math.nan])))
         assert math.isnan(nanmean(np.array([])))
+
+
+class TestStripeScore:
+    """The degeneracy score separates stripes and blocks from object masks."""
+
+    @staticmethod
+    def one_hot(labels: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels, k).permute(0, 3, 1, 2).float()
+
+    def test_stripes_and_blocks_score_high(self):
+        from slotsweep.baselines import block_masks
+
+        stripes = (torch.arange(64) * 5 // 64).view(1, 1, 64).expand(1, 64, 64)
+        assert stripe_score(self.one_hot(stripes, 5)).item() == pytest.approx(1.0)
+        assert stripe_score(self.one_hot(stripes.transpose(1, 2), 5)).item() == pytest.approx(1)
+        for grid in (2, 3, 4):
+            assert stripe_score(block_masks(grid, 64, 64)[None]).item() == pytest.approx(1.0)
+        rng = np.random.default_rng(0)  # stripes whose boundaries wobble by ±2 pixels
+        cols = torch.arange(64)[None] + torch.from_numpy(rng.integers(-2, 3, (64, 1)))
+        wobbly = (cols.clamp(0, 63) * 5 // 64)[None]
+        assert stripe_score(self.one_hot(wobbly, 5)).item() > 0.9
+
+    def test_object_masks_score_low(self):
+        from slotsweep.data.dsprites import generate
+
+        scenes = generate(300, seed=0, resolution=64)
+        labels = torch.from_numpy(scenes["segmentation"]).long()
+        scores = stripe_score(self.one_hot(labels, 5))
+        assert nanmean(scores) < 0.35
+        assert float(torch.nanquantile(scores, 0.95)) < 0.5
+
+    def test_single_segment_is_nan(self):
+        masks = torch.zeros(2, 3, 8, 8)
+        masks[:, 1] = 1.0
+        assert torch.isnan(stripe_score(masks)).all()

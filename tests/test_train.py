@@ -26,7 +26,8 @@ def test_fit_reports_metrics_and_checkpoints(tiny_config, tmp_path):
     result = fit(tiny_config(), lambda m, c: reports.append((m, c)), workdir=tmp_path, log=None)
     assert [m["step"] for m, _ in reports] == [4, 8]
     metrics, ckpt = reports[-1]
-    for key in ("val/fg_ari", "val/mbo", "val/recon", "train/loss", "train/recon", "lr"):
+    for key in ("val/fg_ari", "val/mbo", "val/stripe", "val/recon", "train/loss", "train/recon",
+                "lr"):
         assert math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["val/mbo"] <= 1.0 and -1.0 <= metrics["val/fg_ari"] <= 1.0
     assert result["val/fg_ari"] == metrics["val/fg_ari"]
