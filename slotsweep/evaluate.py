@@ -7,7 +7,7 @@ import torch
 from slotsweep.batches import Batches, to_model_inputs
 from slotsweep.config import TrialConfig
 from slotsweep.losses import compute_losses
-from slotsweep.metrics import fg_ari, mbo, nanmean, stripe_score
+from slotsweep.metrics import nanmean, object_metrics, stripe_score
 from slotsweep.pictures import mask_picture, to_uint8
 
 
@@ -43,9 +43,9 @@ def evaluate(
             picture = _picture(batch, target, out, config)
         stripes.append(stripe_score(out["masks"]))
         if segmentation is not None:
-            masks = out["masks"].float()
-            aris.append(fg_ari(masks, segmentation))
-            mbos.append(mbo(masks, segmentation))
+            ari, best_overlap = object_metrics(out["masks"].float(), segmentation)
+            aris.append(ari)
+            mbos.append(best_overlap)
     model.train(was_training)
     metrics = {f"val/{name}": total / count for name, total in sums.items()}
     metrics["val/stripe"] = nanmean(torch.cat(stripes))

@@ -22,7 +22,10 @@ def fg_ari(pred_masks: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor
     `pred_masks` [B, K, h, w] float, bilinearly resized to `segmentation`'s [B, H, W] when
     the sizes differ. Returns float64 [B]; NaN for an image without foreground pixels.
     """
-    table, labels = _contingency(pred_masks, segmentation)
+    return _ari(*_contingency(pred_masks, segmentation))
+
+
+def _ari(table: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     counts = table[:, labels > 0]  # [B, T, K]: foreground objects x slots
 
     # Pair confusion matrix of sklearn's `pair_confusion_matrix` (ordered pairs), in int64.
@@ -52,7 +55,18 @@ def mbo(pred_masks: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
     Slot masks are the argmax one-hot masks (resized as in `fg_ari`); ignored pixels
     (label < 0) belong to neither side. Returns float64 [B]; NaN for an image without objects.
     """
+    return _mbo(*_contingency(pred_masks, segmentation))
+
+
+def object_metrics(
+    pred_masks: torch.Tensor, segmentation: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`fg_ari`, `mbo`) from one resize, argmax and contingency table (evaluation)."""
     table, labels = _contingency(pred_masks, segmentation)
+    return _ari(table, labels), _mbo(table, labels)
+
+
+def _mbo(table: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     slot_sizes = table[:, labels >= 0].sum(1)  # [B, K]
     intersections = table[:, labels > 0]  # [B, T, K]
     object_sizes = intersections.sum(2)  # [B, T]

@@ -246,3 +246,14 @@ class TestStripeScore:
         masks = torch.zeros(2, 3, 8, 8)
         masks[:, 1] = 1.0
         assert torch.isnan(stripe_score(masks)).all()
+
+
+def test_object_metrics_equals_fg_ari_and_mbo():
+    from slotsweep.metrics import object_metrics
+
+    gen = torch.Generator().manual_seed(5)
+    masks = torch.rand(4, 5, 7, 9, generator=gen)
+    seg = torch.randint(-1, 4, (4, 21, 27), generator=gen)
+    ari, best = object_metrics(masks, seg)
+    torch.testing.assert_close(ari, fg_ari(masks, seg), equal_nan=True)
+    torch.testing.assert_close(best, mbo(masks, seg), equal_nan=True)
