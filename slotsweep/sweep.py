@@ -86,12 +86,16 @@ OUTCOMES = ("finished", "stopped early", "failed")
 # ----------------------------------------------------------------- search space
 
 
+def _primitive(values: list[Any]) -> bool:
+    """Optuna categoricals hold primitives; other choices (lists, dicts) go by index."""
+    return all(isinstance(v, (bool, int, float, str)) or v is None for v in values)
+
+
 def _suggest(trial: optuna.Trial, key: str, param: Param) -> Any:
     kind = param.kind
     if kind in ("choice", "grid"):
         values = getattr(param, kind)
-        # Optuna wants hashable primitives: index lists/dicts, return the value.
-        if all(isinstance(v, (bool, int, float, str)) or v is None for v in values):
+        if _primitive(values):
             return trial.suggest_categorical(key, values)
         return values[trial.suggest_categorical(key + "#", list(range(len(values))))]
     low, high = getattr(param, kind)
@@ -127,7 +131,7 @@ def optuna_distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDis
         kind = p.kind
         if kind in ("choice", "grid"):
             values = getattr(p, kind)
-            if all(isinstance(v, (bool, int, float, str)) or v is None for v in values):
+            if _primitive(values):
                 out[key] = optuna.distributions.CategoricalDistribution(values)
             else:
                 out[key + "#"] = optuna.distributions.CategoricalDistribution(

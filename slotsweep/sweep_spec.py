@@ -141,6 +141,7 @@ class Sweep:
 
     def __init__(self, name: str, path: Path, spec: SweepFile, base: dict[str, Any]) -> None:
         self.name, self.path, self.spec, self.base = name, path, spec, base
+        self._base_flat: dict[str, Any] | None = None
 
     def order(self) -> list[str]:
         """Search keys ordered so every `when` key is sampled before the key it gates."""
@@ -165,8 +166,13 @@ class Sweep:
         return build_config(self.base, source=str(self.path), overrides=overrides)
 
     def base_flat(self) -> dict[str, Any]:
-        """The base config as dotted keys (what an inactive conditional key keeps)."""
-        return build_config(self.base, source=str(self.path)).flat()
+        """The base config as dotted keys (what an inactive conditional key keeps).
+
+        Validated once and kept: load-time checks and every trial's bookkeeping ask
+        for it, and the base never changes. Callers get a copy."""
+        if getattr(self, "_base_flat", None) is None:  # also for sweeps pickled before
+            self._base_flat = build_config(self.base, source=str(self.path)).flat()
+        return dict(self._base_flat)
 
 
 def resolve(name_or_path: str) -> Path:
