@@ -184,6 +184,10 @@ class EvalConfig(_Section):
     batch_size: PositiveInt = 64
     max_images: PositiveInt = 320
     num_pictures: NonNegInt = 8
+    # The feature-prediction probe (paper Table 2) on the final model: slots of the first
+    # `probe_train_images` training scenes train it, the validation scenes score it.
+    probe: bool = False
+    probe_train_images: PositiveInt = 2000
 
 
 class TrialConfig(_Section):

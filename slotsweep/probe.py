@@ -157,6 +157,16 @@ def collect(model, path: str, config, *, max_images: int, device) -> ProbeData:
     return ProbeData.from_objects(np.concatenate(slots), objects)
 
 
+def probe_model(model, config, device, *, train_images: int | None = None,
+                seed: int = 0) -> dict[str, float]:
+    """The probe on a trained model: train on the training split, score on validation."""
+    train = collect(model, config.data.train, config,
+                    max_images=train_images or config.eval.probe_train_images, device=device)
+    val = collect(model, config.data.val, config, max_images=config.eval.max_images,
+                  device=device)
+    return run_probe(train, val, seed=seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     from slotsweep import checkpoint
     from slotsweep.config import ConfigError, load_config
@@ -173,15 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(ckpt / checkpoint.CONFIG)
         model = build_model(config.model, config.loss)
         model.load_state_dict(checkpoint.load(ckpt)["model"])
-        device = torch.device("cpu")
-        train = collect(model, config.data.train, config, max_images=args.train_images,
-                        device=device)
-        val = collect(model, config.data.val, config, max_images=config.eval.max_images,
-                      device=device)
+        scores = probe_model(model, config, torch.device("cpu"), train_images=args.train_images,
+                             seed=args.seed)
     except (ConfigError, checkpoint.CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for key, value in run_probe(train, val, seed=args.seed).items():
+    for key, value in scores.items():
         print(f"{key:<18} {value:.4f}")
     return 0
 

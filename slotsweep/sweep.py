@@ -323,7 +323,7 @@ class TrackingCallback(Callback):
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
     """The trainer's own metrics out of a Tune result (Tune adds its bookkeeping)."""
     return {k: v for k, v in result.items()
-            if (k.startswith(("train/", "val/", "time/")) or k in ("lr", "step"))
+            if (k.startswith(("train/", "val/", "time/", "probe/")) or k in ("lr", "step"))
             and isinstance(v, (int, float))}
 
 

@@ -78,7 +78,9 @@ class SweepTracker:
                 if self.artifact_root is not None:
                     location = (self.artifact_root / self.experiment).resolve().as_uri()
                 self._experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=location
+                    self.experiment, artifact_location=location,
+                    # MLflow 3's UI opens GenAI pages for an experiment of unknown kind.
+                    tags={"mlflow.experimentKind": "custom_model_development"},
                 )
         return self._experiment_id
 

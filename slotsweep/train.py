@@ -175,6 +175,13 @@ def fit(
         ensure_synthetic(config.data, resolution=config.model.resolution)
     train_set = Batches.open(config.data.train, config.model, eval=False)
     val_set = Batches.open(config.data.val, config.model, eval=True)
+    if config.eval.probe:
+        from slotsweep.data.shards import ShardDataset
+
+        for split in (config.data.train, config.data.val):
+            if "objects" not in ShardDataset(split).columns:
+                raise ValueError(f"eval.probe: {split} has no objects column (the probe "
+                                 "predicts object properties; synthetic dSprites has them)")
     model = build_model(config.model, config.loss).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     config_yaml = config.to_yaml()
@@ -219,6 +226,11 @@ def fit(
             )
         if is_eval:
             last_eval, picture = evaluate(model, val_set, config, step=step, device=device)
+            if config.eval.probe and step == tc.steps:  # the final model only
+                from slotsweep.probe import probe_model
+
+                last_eval.update(probe_model(model, config, device, seed=config.seed))
+                model.train()
             metrics.update(last_eval)
             tick = time.perf_counter()  # evaluation time is not training time
         if log and (step % tc.log_every == 0 or is_eval):

@@ -79,3 +79,17 @@ def test_probe_cli_on_a_trained_checkpoint(tiny_config, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "probe/shape_acc" in printed and "probe/x_r2" in printed
     assert main([str(tmp_path / "absent")]) == 2
+
+
+def test_probe_as_final_trial_step_reports_its_scores(tiny_config, tmp_path):
+    """eval.probe: the last evaluation carries the probe's scores, earlier ones do not."""
+    from slotsweep.train import fit
+
+    reports = []
+    config = tiny_config(eval={"probe": True, "probe_train_images": 48})
+    fit(config, lambda m, c: reports.append(m), workdir=tmp_path, log=None)
+    assert [r["step"] for r in reports] == [4, 8]
+    assert not any(k.startswith("probe/") for k in reports[0])
+    final = reports[-1]
+    assert 0.0 <= final["probe/shape_acc"] <= 1.0
+    assert {"probe/x_r2", "probe/y_r2", "probe/scale_r2", "probe/color_r2"} <= set(final)

@@ -1,0 +1,419 @@
+"""The sweep dashboard: `python -m slotsweep.report NAME` → one self-contained HTML page.
+
+It reads the sweep's trial runs from MLflow (the same store `slotsweep.run` writes) and
+renders `dashboards/sweep_report.html.j2`: FG-ARI, mBO and stripe score against β per
+loss type and against slot size and head depth, the learning curves, the best trial's
+masks next to the block baseline's, a table of every trial sortable by any column, and
+the sweep's progress. Plotly's JavaScript is inlined, so the page opens offline.
+
+    python -m slotsweep.report quickstart                  # → dashboards/reports/quickstart.html
+    python -m slotsweep.report coco_beta_sweep --out /tmp/coco.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slotsweep.config import ConfigError
+from slotsweep.sweep_spec import Sweep, load_sweep
+
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+TEMPLATE = "sweep_report.html.j2"
+METRICS = {"val/fg_ari": "FG-ARI", "val/mbo": "mBO", "val/stripe": "stripe score"}
+# Plotted against these keys (when they vary) plus every numeric key of the search space.
+AXES = {"loss.beta": "β", "model.slot_size": "slot size", "loss.proj_depth": "head depth"}
+LOSS_COLOURS = {"none": "#4c72b0", "covloss": "#dd8452", "vicreg": "#55a868",
+                "cosine": "#c44e52"}
+HEAD_KEYS = ("loss.proj_depth", "loss.proj_dim", "loss.proj_norm")
+
+
+@dataclass
+class TrialView:
+    """One trial run as the report sees it."""
+
+    trial_id: str
+    run_id: str
+    name: str
+    status: str  # finished | stopped early | failed | running
+    error: str | None
+    config: dict[str, Any]  # the flattened resolved trial config (MLflow params)
+    metrics: dict[str, float]  # last values
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def loss_type(self) -> str:
+        return str(self.config.get("loss.type", "none"))
+
+    def relevant(self, key: str) -> bool:
+        """False where a key has no effect on this trial (β without a bottleneck loss,
+        head depth for the cosine loss, which acts on the slots themselves)."""
+        if key.startswith("loss.") and key != "loss.type" and self.loss_type == "none":
+            return False
+        return not (key in HEAD_KEYS and self.loss_type == "cosine")
+
+
+def _dom_id(text: str) -> str:
+    """An HTML id that is also a plain CSS selector (no dots or slashes)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def load_trials(client, experiment_id: str, instance: str | None) -> list[TrialView]:
+    """Every trial run of the sweep instance (all instances if None), with histories."""
+    query = "tags.`slotsweep.role` = 'trial'"
+    if instance:
+        query += f" and tags.`slotsweep.instance` = '{instance}'"
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=5000)
+    trials = []
+    for run in runs:
+        tags = run.data.tags
+        outcome = tags.get("slotsweep.outcome")
+        status = outcome or ("running" if run.info.status == "RUNNING" else
+                             {"FAILED": "failed", "KILLED": "stopped early"}.get(
+                                 run.info.status, "finished"))
+        view = TrialView(
+            trial_id=tags.get("slotsweep.trial_id", run.info.run_id[:8]),
+            run_id=run.info.run_id, name=tags.get("mlflow.runName", ""), status=status,
+            error=tags.get("slotsweep.error"),
+            config={k: _value(v) for k, v in run.data.params.items()},
+            metrics=dict(run.data.metrics),
+        )
+        for key in (*METRICS, "train/loss"):
+            if key in view.metrics:
+                history = client.get_metric_history(run.info.run_id, key)
+                view.history[key] = sorted({m.step: m.value for m in history}.items())
+        trials.append(view)
+    return sorted(trials, key=lambda t: t.trial_id)
+
+
+# ------------------------------------------------------------------------- figures
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "-" if v is None else str(v)
+
+
+def _hover(t: TrialView, keys: list[str]) -> str:
+    parts = [f"<b>{t.trial_id}</b> ({t.status})"]
+    parts += [f"{k} = {_fmt(t.config.get(k))}" for k in keys if t.relevant(k)]
+    parts += [f"{label} = {_fmt(t.metrics.get(m))}" for m, label in METRICS.items()]
+    return "<br>".join(parts)
+
+
+def _reference_lines(fig, metric: str, references: dict[str, dict[str, float]]) -> None:
+    for name, scores in references.items():
+        value = scores.get(metric)
+        if _finite(value):
+            fig.add_hline(y=value, line_dash="dot", line_color="#999", line_width=1,
+                          annotation_text=name, annotation_font_size=10,
+                          annotation_font_color="#777")
+
+
+def param_figures(trials: list[TrialView], keys: list[str], axes: list[str],
+                  references: dict[str, dict[str, float]]) -> list[dict]:
+    """Each metric against each varied axis, one colour per loss type. Trials on which
+    the axis has no effect (β with no bottleneck loss) appear as a dashed level."""
+    import plotly.graph_objects as go
+
+    figures = []
+    for metric, label in METRICS.items():
+        for axis in axes:
+            fig = go.Figure()
+            for loss in sorted({t.loss_type for t in trials}):
+                group = [t for t in trials
+                         if t.loss_type == loss and _finite(t.metrics.get(metric))]
+                on = [t for t in group if t.relevant(axis)]
+                off = [t for t in group if not t.relevant(axis)]
+                colour = LOSS_COLOURS.get(loss, "#8172b2")
+                if on:
+                    fig.add_trace(go.Scatter(
+                        x=[t.config.get(axis) for t in on], y=[t.metrics[metric] for t in on],
+                        mode="markers", name=loss, legendgroup=loss,
+                        marker={"size": 10, "color": colour, "opacity": 0.85,
+                                "symbol": ["x" if t.status == "failed" else "circle"
+                                           for t in on]},
+                        text=[_hover(t, keys) for t in on], hoverinfo="text",
+                        customdata=[t.trial_id for t in on],
+                    ))
+                if off:
+                    mean = sum(t.metrics[metric] for t in off) / len(off)
+                    fig.add_hline(y=mean, line_dash="dash", line_color=colour,
+                                  annotation_text=f"{loss} ({axis} n/a, mean of {len(off)})",
+                                  annotation_font_size=10, annotation_font_color=colour)
+            _reference_lines(fig, metric, references)
+            log = axis in ("loss.beta", "train.lr") or axis.endswith(("_lr", ".eps"))
+            fig.update_layout(
+                title=f"{label} vs {AXES.get(axis, axis)}", height=340,
+                margin={"l": 50, "r": 20, "t": 40, "b": 40}, template="plotly_white",
+                xaxis={"title": AXES.get(axis, axis), "type": "log" if log else "-"},
+                yaxis={"title": label}, legend={"title": "loss"},
+            )
+            figures.append({"id": _dom_id(f"fig-{metric.split('/')[-1]}-{axis}"),
+                            "metric": metric, "axis": axis, "spec": json.loads(fig.to_json())})
+    return figures
+
+
+def curve_figures(trials: list[TrialView], best: TrialView | None,
+                  references: dict[str, dict[str, float]]) -> list[dict]:
+    """FG-ARI and mBO against steps, one line per trial, the best trial in bold."""
+    import plotly.graph_objects as go
+
+    figures = []
+    for metric in ("val/fg_ari", "val/mbo"):
+        fig = go.Figure()
+        shown: set[str] = set()
+        for t in trials:
+            points = t.history.get(metric)
+            if not points:
+                continue
+            is_best = best is not None and t.trial_id == best.trial_id
+            fig.add_trace(go.Scatter(
+                x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers",
+                name=f"{t.trial_id} (best)" if is_best else t.loss_type,
+                legendgroup=t.loss_type, showlegend=is_best or t.loss_type not in shown,
+                line={"color": LOSS_COLOURS.get(t.loss_type, "#8172b2"),
+                      "width": 4 if is_best else 1.5},
+                opacity=1.0 if is_best else 0.6, marker={"size": 4},
+                text=f"{t.trial_id} {t.status}", hoverinfo="text+y",
+            ))
+            shown.add(t.loss_type)
+        _reference_lines(fig, metric, references)
+        fig.update_layout(title=f"{METRICS[metric]} during training", height=360,
+                          margin={"l": 50, "r": 20, "t": 40, "b": 40}, template="plotly_white",
+                          xaxis={"title": "step"}, yaxis={"title": METRICS[metric]})
+        figures.append({"id": f"curve-{metric.split('/')[-1]}", "metric": metric,
+                        "axis": "step", "spec": json.loads(fig.to_json())})
+    return figures
+
+
+# ------------------------------------------------------------- baselines and masks
+
+
+def baseline_scores(sweep: Sweep) -> tuple[dict[str, dict[str, float]], bytes | None]:
+    """Trivial baselines on the sweep's validation images, and the 2x2 block baseline's
+    mask picture on the images the trials' pictures show. ({}, None) without the data."""
+    import torch
+
+    from slotsweep.baselines import block_masks, trivial_baselines
+    from slotsweep.batches import Batches
+    from slotsweep.data.shards import ShardError
+    from slotsweep.pictures import mask_picture, to_uint8
+
+    base = sweep.trial_config({})
+    try:
+        val = Batches.open(base.data.val, base.model, eval=True)
+        batches = list(val.eval_batches(base.eval.batch_size, base.eval.max_images))
+    except (ShardError, OSError, ValueError) as exc:
+        print(f"note: no baselines ({exc})", file=sys.stderr)
+        return {}, None
+    if not batches or "segmentation" not in batches[0]:
+        return {}, None
+    seg = torch.cat([b["segmentation"].long() for b in batches])
+    scores = {name: {"val/fg_ari": s["fg_ari"], "val/mbo": s["mbo"]}
+              for name, s in trivial_baselines(seg).items() if name != "one slot"}
+    picture = None
+    n = min(base.eval.num_pictures, seg.shape[0])
+    if n and "image" in batches[0]:
+        from slotsweep.batches import to_model_inputs
+
+        image = to_model_inputs({"image": batches[0]["image"][:n]}, base.model,
+                                torch.device("cpu"))[1]
+        masks = block_masks(2, *image.shape[-2:]).unsqueeze(0).expand(n, -1, -1, -1)
+        picture = mask_picture(to_uint8(image), masks)
+    return scores, picture
+
+
+def best_masks(client, trial: TrialView) -> tuple[bytes | None, str | None]:
+    """The latest mask picture logged for `trial`, and its artifact path."""
+    try:
+        steps = client.list_artifacts(trial.run_id, "masks")
+    except Exception:  # noqa: BLE001 - an unreachable artifact store: no picture
+        return None, None
+    if not steps:
+        return None, None
+    latest = sorted(steps, key=lambda f: f.path)[-1].path
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(trial.run_id, latest, tmp))
+        files = sorted(local.rglob("*.png")) if local.is_dir() else [local]
+        return (files[0].read_bytes(), f"{latest}/{files[0].name}") if files else (None, None)
+
+
+# ------------------------------------------------------------------------- the page
+
+
+def _png(data: bytes | None) -> str | None:
+    return "data:image/png;base64," + base64.b64encode(data).decode() if data else None
+
+
+def best_trial(trials: list[TrialView], metric: str, mode: str) -> TrialView | None:
+    scored = [t for t in trials if _finite(t.metrics.get(metric))]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda t: t.metrics[metric])
+
+
+def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_id: str,
+                  instance: str | None, tracking_uri: str, with_baselines: bool = True
+                  ) -> dict[str, Any]:
+    """Everything the template shows (JSON-serialisable but for the Plotly bundle)."""
+    spec = sweep.spec
+    keys = sweep.order()
+    best = best_trial(trials, spec.search.metric, spec.search.mode)
+    references, baseline_png = baseline_scores(sweep) if with_baselines else ({}, None)
+    numeric = [k for k in keys if all(_finite(t.config.get(k)) for t in trials if t.relevant(k))]
+    axes = [a for a in dict.fromkeys([*AXES, *numeric])
+            if len({t.config.get(a) for t in trials if t.relevant(a)}) > 1]
+    counts = {s: sum(t.status == s for t in trials)
+              for s in ("finished", "stopped early", "failed", "running")}
+    requested = max(spec.search.num_samples, len(trials))
+    counts["pending"] = requested - len(trials)
+    probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")})
+    columns = [{"key": "trial", "label": "trial", "numeric": False},
+               *({"key": k, "label": k, "numeric": all(
+                   _finite(t.config.get(k)) for t in trials if t.relevant(k))} for k in keys),
+               *({"key": m, "label": label, "numeric": True} for m, label in METRICS.items()),
+               *({"key": m, "label": m.removeprefix("probe/"), "numeric": True}
+                 for m in probes),
+               {"key": "step", "label": "step", "numeric": True},
+               {"key": "status", "label": "status", "numeric": False},
+               {"key": "error", "label": "error", "numeric": False}]
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"trial": t.trial_id, "run_id": t.run_id, "status": t.status,
+                               "error": t.error or "",
+                               "step": t.metrics.get("step")}
+        row.update({k: t.config.get(k) if t.relevant(k) else None for k in keys})
+        row.update({m: t.metrics.get(m) if _finite(t.metrics.get(m)) else None
+                    for m in (*METRICS, *probes)})
+        rows.append(row)
+    best_png, best_path = best_masks(client, best) if best is not None else (None, None)
+    return {
+        "sweep": sweep.name, "description": (spec.description or "").strip(),
+        "instance": instance or "all instances", "tracking_uri": tracking_uri,
+        "experiment_id": experiment_id, "metric": spec.search.metric, "mode": spec.search.mode,
+        "counts": counts, "requested": requested,
+        "figures": [*param_figures(trials, keys, axes, references),
+                    *curve_figures(trials, best, references)],
+        "columns": columns, "rows": rows,
+        "best": None if best is None else {
+            "trial": best.trial_id, "run_id": best.run_id, "status": best.status,
+            "params": {k: _fmt(best.config.get(k)) for k in keys if best.relevant(k)},
+            "metrics": {label: _fmt(best.metrics.get(m)) for m, label in METRICS.items()},
+            "masks": _png(best_png), "masks_path": best_path,
+        },
+        "baselines": {name: {METRICS[m]: _fmt(v) for m, v in s.items()}
+                      for name, s in references.items()},
+        "baseline_masks": _png(baseline_png),
+    }
+
+
+def render(context: dict[str, Any]) -> str:
+    import jinja2
+    import plotly.offline
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(DASHBOARDS),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "allow_nan": False}
+    page = env.get_template(TEMPLATE)
+    data = _clean(context)
+    return page.render(data=data, plotly_js=plotly.offline.get_plotlyjs(), **data)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def report(sweep: Sweep, *, storage: str | None = None, tracking_uri: str | None = None,
+           instance: str | None = None, all_instances: bool = False,
+           with_baselines: bool = True) -> tuple[str, int]:
+    """The HTML page for `sweep`'s latest instance (or `instance`), and its trial count."""
+    from mlflow.tracking import MlflowClient
+
+    from slotsweep.sweep import instance_dirs
+    from slotsweep.tracking import default_tracking_uri
+
+    sweep_dir = Path(storage or sweep.spec.storage).resolve() / sweep.name
+    uri = tracking_uri or sweep.spec.tracking.uri or default_tracking_uri(sweep_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"{sweep.name}: no MLflow store at {uri}; run the sweep first "
+                          f"(python -m slotsweep.run {sweep.name}) or pass --tracking-uri")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(sweep.spec.tracking.experiment or sweep.name)
+    if experiment is None:
+        raise ConfigError(f"{sweep.name}: {uri} has no experiment "
+                          f"{sweep.spec.tracking.experiment or sweep.name!r}")
+    if instance is None and not all_instances:
+        dirs = instance_dirs(sweep_dir)
+        instance = dirs[-1].name if dirs else None
+    tag = f"{sweep.name}/{instance}" if instance else None
+    trials = load_trials(client, experiment.experiment_id, tag)
+    context = build_context(sweep, trials, client=client,
+                            experiment_id=experiment.experiment_id, instance=tag,
+                            tracking_uri=uri, with_baselines=with_baselines)
+    return render(context), len(trials)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m slotsweep.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", help="a name in sweeps/ or a path to a sweep YAML")
+    p.add_argument("--out", help="HTML file (default: dashboards/reports/NAME.html)")
+    p.add_argument("--storage", default=os.environ.get("SLOTSWEEP_STORAGE"))
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    p.add_argument("--instance", help="a sweep instance, e.g. run-001 (default: the latest)")
+    p.add_argument("--all-instances", action="store_true")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the trivial baselines (they read the validation shards)")
+    args = p.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep)
+        html, count = report(sweep, storage=args.storage, tracking_uri=args.tracking_uri,
+                             instance=args.instance, all_instances=args.all_instances,
+                             with_baselines=not args.no_baselines)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("dashboards") / "reports" / f"{sweep.name}.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    print(f"{out}: {count} trials of {sweep.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

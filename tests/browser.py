@@ -1,0 +1,88 @@
+"""Headless Chromium (Debian's chromium + chromium-driver, installed by .ci/run) driven
+by Selenium, and a real `mlflow server` on 127.0.0.1 for the UI tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Chromium's own background traffic is refused by a closed network; keep it quiet.
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1400,1000")
+
+
+def require_chromium() -> None:
+    """Skip where no browser is installed, but never in CI, whose `.ci/run` installs it."""
+    if Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: .ci/run installs Debian's "
+                    "chromium and chromium-driver")
+    pytest.skip("Debian's chromium and chromium-driver are not installed")
+
+
+@contextlib.contextmanager
+def chromium():
+    """A Selenium WebDriver on headless Chromium with a fresh profile."""
+    require_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, log: Path, timeout: float = 120):
+    """`mlflow server` on 127.0.0.1 over `backend_uri`; yields its base URL; ends it by PID."""
+    from tests.sweep_helpers import end_session
+
+    port = free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"mlflow server did not start:\n{log.read_text()}") from exc
+                time.sleep(0.3)
+        yield url, proc
+    finally:
+        end_session(proc.pid)

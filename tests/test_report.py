@@ -1,0 +1,204 @@
+"""The sweep dashboard (slotsweep.report) and the MLflow UI, checked in a real browser:
+a real small sweep, the real report CLI, headless Chromium, a real `mlflow server`."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pytest
+import yaml
+from PIL import Image
+
+from slotsweep.report import TrialView, param_figures
+from tests.browser import chromium, mlflow_server, require_chromium
+from tests.sweep_helpers import mlflow_runs, run, sweep_file
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, dsprites16):
+    """A finished 5-trial sweep over loss type, β, head depth and slot size."""
+    tmp = tmp_path_factory.mktemp("report")
+    path = sweep_file(tmp, dsprites16, search_space={
+        "loss.type": {"choice": ["none", "covloss", "cosine"]},
+        "loss.beta": {"loguniform": [1e-3, 1.0], "when": {"loss.type": ["covloss", "cosine"]}},
+        "loss.proj_depth": {"choice": [1, 2], "when": {"loss.type": "covloss"}},
+        "model.slot_size": {"choice": [8, 16]},
+    }, search={"num_samples": 5, "max_concurrent": 2, "seed": 3})
+    tree = yaml.safe_load(path.read_text())
+    tree["config"]["eval"].update(probe=True, probe_train_images=48)  # the final step
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    result = run(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parents, trials = mlflow_runs(tmp / "storage")
+    assert len(trials) == 5
+    for t in trials:  # the probe ran as each trial's final step and reached MLflow
+        assert 0.0 <= t.data.metrics["probe/shape_acc"] <= 1.0
+        assert "probe/x_r2" in t.data.metrics
+    return tmp, path, client, trials
+
+
+def make_report(tmp, path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    out = tmp / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "slotsweep.report", str(path), "--out",
+                           str(out), *args], capture_output=True, text=True, timeout=300)
+    return proc, out.read_text() if out.is_file() else ""
+
+
+def linked_urls(html: str) -> list[str]:
+    """src/href of every tag (not the text inside scripts, where Plotly names its site)."""
+    found: list[str] = []
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(v or "" for k, v in attrs if k in ("src", "href"))
+
+    Links().feed(html)
+    return found
+
+
+def fg_ari(run) -> float:
+    return run.data.metrics["val/fg_ari"]
+
+
+@pytest.mark.slow
+def test_report_renders_plots_table_and_masks_in_chromium(swept):
+    tmp, path, client, trials = swept
+    proc, html = make_report(tmp, path)
+    assert proc.returncode == 0, proc.stderr
+    assert "5 trials" in proc.stdout
+    # Self-contained: no tag loads anything from elsewhere (scripts, styles, images).
+    assert [u for u in linked_urls(html) if not u.startswith(("data:", "#"))] == []
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as browser:
+        browser.set_window_size(1400, 2600)
+        browser.get((tmp / "report.html").as_uri())
+        plots = browser.find_elements(By.CSS_SELECTOR, "div.plot")
+        assert len(plots) >= 11  # 3 metrics x (beta, depth, lr) + 2 curves
+        WebDriverWait(browser, 60).until(lambda b: all(
+            p.find_elements(By.CSS_SELECTOR, "svg.main-svg") for p in plots))
+
+        def points(plot_id: str) -> int:
+            return browser.execute_script(
+                f"return document.querySelectorAll('#{plot_id} .scatterlayer .point').length")
+
+        scored = [t for t in trials if "val/fg_ari" in t.data.metrics]
+        with_beta = [t for t in scored if t.data.params["loss.type"] != "none"]
+        assert points("fig-fg_ari-train-lr") == len(scored)
+        assert points("fig-fg_ari-loss-beta") == len(with_beta)  # β means nothing without
+        steps = {len(client.get_metric_history(t.info.run_id, "val/fg_ari")) for t in scored}
+        assert points("curve-fg_ari") == sum(
+            len(client.get_metric_history(t.info.run_id, "val/fg_ari")) for t in scored)
+        assert steps and min(steps) >= 2
+
+        rows = browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")
+        assert len(rows) == len(trials)
+
+        def column(key: str) -> list[str]:
+            return [td.text for td in browser.find_elements(
+                By.CSS_SELECTOR, f"#trials tbody td[data-key='{key}']")]
+
+        by_trial = {t.data.tags["slotsweep.trial_id"]: t for t in trials}
+        shown = dict(zip(column("trial"), column("val/fg_ari"), strict=True))
+        assert shown == {k: f"{fg_ari(t):.3f}" for k, t in by_trial.items()}
+        ranked = sorted(by_trial, key=lambda k: -fg_ari(by_trial[k]))
+        assert column("trial") == ranked  # sorted by the sweep's metric, best first
+        fg_header = browser.find_element(By.CSS_SELECTOR, "#trials th[data-key='val/fg_ari']")
+        fg_header.click()
+        assert column("trial") == ranked[::-1]
+        assert fg_header.get_attribute("aria-sort") == "ascending"
+        browser.find_element(By.CSS_SELECTOR, "#trials th[data-key='trial']").click()
+        assert column("trial") == sorted(by_trial)
+        assert browser.find_element(By.CSS_SELECTOR, "tr.best").get_attribute(
+            "data-trial") == ranked[0]
+
+        shape = dict(zip(column("trial"), column("probe/shape_acc"), strict=True))
+        assert shape == {k: f"{t.data.metrics['probe/shape_acc']:.3f}"
+                         for k, t in by_trial.items()}
+
+        progress = browser.find_element(By.ID, "progress")
+        outcomes = [t.data.tags["slotsweep.outcome"] for t in trials]
+        assert int(progress.get_attribute("data-finished")) == outcomes.count("finished")
+        assert int(progress.get_attribute("data-pending")) == 0
+        for image in ("best-masks", "baseline-masks"):
+            width = browser.execute_script(
+                f"return document.getElementById('{image}').naturalWidth")
+            assert width > 0, image
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert [u for u in fetched if not u.startswith(("data:", "file:"))] == []
+        shot = tmp / "report.png"
+        browser.save_screenshot(str(shot))
+    picture = Image.open(io.BytesIO(shot.read_bytes())).convert("RGB")
+    assert picture.size[0] >= 1000
+    assert len(picture.getcolors(1 << 24)) > 200  # plots, masks and text, not a blank page
+
+
+@pytest.mark.slow
+def test_mlflow_server_lists_trial_runs_with_fg_ari(swept):
+    tmp, path, client, trials = swept
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    require_chromium()
+    experiment = trials[0].info.experiment_id
+    ranked = sorted(trials, key=lambda t: -fg_ari(t))
+    store = f"sqlite:///{tmp / 'storage' / 'tiny' / 'mlflow.db'}"
+    with mlflow_server(store, tmp / "mlflow-server.log") as (url, proc), chromium() as browser:
+        assert "127.0.0.1" in url
+        query = (f"searchFilter={quote(chr(96).join(['tags.', 'slotsweep.role', '']))}"
+                 f"{quote(' = ' + repr('trial'))}&orderByKey={quote('metrics.`val/fg_ari`')}"
+                 "&orderByAsc=false")
+        browser.get(f"{url}/#/experiments/{experiment}/runs?{query}")
+
+        def run_links(b):
+            links = [a.text for a in b.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")]
+            return links if len(links) >= len(trials) else None
+
+        names = WebDriverWait(browser, 90).until(run_links)
+        trial_order = [n.split()[0] for n in names if n.split()]
+        # Every trial is listed, ordered by the FG-ARI the sweep logged.
+        assert trial_order == [t.data.tags["slotsweep.trial_id"] for t in ranked]
+        for run_ in (ranked[0], ranked[-1]):
+            browser.get(f"{url}/#/experiments/{experiment}/runs/{run_.info.run_id}")
+            WebDriverWait(browser, 60).until(
+                lambda b: "val/fg_ari" in b.find_element(By.TAG_NAME, "body").text)
+            text = browser.find_element(By.TAG_NAME, "body").text
+            assert re.search(r"val/fg_ari\s+" + re.escape(f"{fg_ari(run_):.4f}"), text), text[:2000]
+        assert proc.poll() is None  # the server served it all
+
+
+def test_report_without_a_store_names_the_sweep_and_the_path(tmp_path, dsprites16):
+    path = sweep_file(tmp_path, dsprites16)
+    proc, html = make_report(tmp_path, path)
+    assert proc.returncode == 2
+    assert "tiny" in proc.stderr and "mlflow.db" in proc.stderr and "run the sweep" in proc.stderr
+    assert html == ""
+
+
+def _trial(trial_id: str, loss: str, beta: float, fg: float) -> TrialView:
+    return TrialView(trial_id, trial_id, trial_id, "finished", None,
+                     {"loss.type": loss, "loss.beta": beta, "loss.proj_depth": 2,
+                      "model.slot_size": 16},
+                     {"val/fg_ari": fg, "val/mbo": 0.1, "val/stripe": 0.5})
+
+
+def test_settings_that_do_not_act_are_levels_not_points():
+    trials = [_trial("a", "none", 1.0, 0.2), _trial("b", "none", 1.0, 0.4),
+              _trial("c", "covloss", 0.1, 0.5), _trial("d", "cosine", 0.01, 0.3)]
+    figures = {f["id"]: f["spec"] for f in param_figures(
+        trials, ["loss.type", "loss.beta"], ["loss.beta", "loss.proj_depth"], {})}
+    beta = figures["fig-fg_ari-loss-beta"]
+    assert sorted(x for trace in beta["data"] for x in trace["x"]) == [0.01, 0.1]
+    levels = [s for s in beta["layout"]["shapes"] if s.get("type") == "line"]
+    assert [s["y0"] for s in levels] == [pytest.approx(0.3)]  # mean of the two `none` trials
+    depth = figures["fig-fg_ari-loss-proj_depth"]  # the cosine loss has no head
+    assert [t["customdata"] for t in depth["data"]] == [["c"]]
