@@ -3,6 +3,10 @@
 The training order is a pure function of (seed, step): epoch e is a seeded permutation
 of the split, and step s reads its slice. A resumed run therefore sees exactly the
 batches it would have seen, with no sampler state to save.
+
+Training batches come either streamed from the memory-mapped shards (copied to the
+device every step) or gathered from the whole split staged once in device memory;
+both follow the same order and give bit-identical batches.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from slotsweep.config import ModelConfig
+from slotsweep.config import ConfigError, DataConfig, ModelConfig
 from slotsweep.data.remote import local_split
 from slotsweep.data.shards import ShardDataset, ShardError, read_manifest
 
@@ -66,7 +70,7 @@ class Batches:
 
     def __init__(self, shards: ShardDataset) -> None:
         self.shards = shards
-        self._epoch_cache: tuple[int, np.ndarray] | None = None
+        self._epoch_cache: tuple[tuple[int, int], np.ndarray] | None = None
 
     @classmethod
     def open(cls, path: str, model: ModelConfig, *, eval: bool) -> Batches:
@@ -90,19 +94,29 @@ class Batches:
                 f"{self.shards.path}: {len(self)} rows is fewer than one batch of {batch_size}"
             )
         epoch, offset = divmod(step, per_epoch)
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+        return self.permutation(epoch, seed)[offset * batch_size : (offset + 1) * batch_size]
+
+    def permutation(self, epoch: int, seed: int) -> np.ndarray:
+        """The row order of `epoch` (cached: consecutive steps share it)."""
+        if self._epoch_cache is None or self._epoch_cache[0] != (seed, epoch):
             perm = np.random.default_rng([seed, epoch]).permutation(len(self))
-            self._epoch_cache = (epoch, perm)
-        return self._epoch_cache[1][offset * batch_size : (offset + 1) * batch_size]
+            self._epoch_cache = ((seed, epoch), perm)
+        return self._epoch_cache[1]
 
     def train_batches(
         self, *, start: int, batch_size: int, seed: int, num_workers: int = 0,
         pin_memory: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless batches from step `start` on; workers read shards in parallel."""
+        """Endless batches from step `start` on; workers read shards in parallel.
+
+        `pin_memory` (CUDA only) puts each batch in page-locked memory, so that the
+        trainer's non-blocking copy to the GPU does not wait for the step before it.
+        """
         sampler = _StepSampler(self, start, batch_size, seed)
         if num_workers == 0:
             view = _IndexBatches(self.shards)
+            if pin_memory:
+                return (_pinned(view[idx]) for idx in sampler)
             return (view[idx] for idx in sampler)
         loader = DataLoader(
             _IndexBatches(self.shards), sampler=sampler, batch_size=None,
@@ -111,12 +125,103 @@ class Batches:
         )
         return iter(loader)
 
+    def nbytes(self) -> int:
+        """Bytes of the columns this split reads: what staging it on a device costs."""
+        specs = self.shards.manifest["columns"]
+        return len(self) * sum(_row_bytes(specs[name]) for name in self.shards.columns)
+
+    def stage(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The whole split's columns as tensors on `device`, copied once in chunks.
+
+        Chunks of at most `_STAGE_CHUNK_BYTES` go through host memory, so staging 35 GB
+        of ViT tokens never holds more than one chunk on the host.
+        """
+        specs = self.shards.manifest["columns"]
+        staged = {
+            name: torch.empty((len(self), *specs[name]["shape"]), device=device,
+                              dtype=_torch_dtype(specs[name]["dtype"]))
+            for name in self.shards.columns
+        }
+        row_bytes = sum(_row_bytes(specs[name]) for name in self.shards.columns)
+        chunk = max(1, _STAGE_CHUNK_BYTES // max(row_bytes, 1))
+        for lo in range(0, len(self), chunk):
+            part = self.shards.get_batch(np.arange(lo, min(lo + chunk, len(self))))
+            for name, array in part.items():
+                staged[name][lo : lo + len(array)].copy_(torch.from_numpy(array))
+        return staged
+
+    def staged_batches(
+        self, staged: dict[str, torch.Tensor], *, start: int, batch_size: int, seed: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of `train_batches`, gathered on the device from `stage()`'s tensors.
+
+        Each epoch's permutation goes to the device once; a step slices it there, so
+        no step copies anything from the host.
+        """
+        self.indices(start, batch_size, seed)  # the "fewer rows than a batch" check
+        device = next(iter(staged.values())).device
+        per_epoch = len(self) // batch_size
+        step, order = start, None
+        while True:
+            epoch, offset = divmod(step, per_epoch)
+            if offset == 0 or order is None:
+                order = torch.from_numpy(self.permutation(epoch, seed)).to(device)  # (N,)
+            rows = order[offset * batch_size : (offset + 1) * batch_size]  # (B,)
+            yield {name: tensor.index_select(0, rows) for name, tensor in staged.items()}
+            step += 1
+
     def eval_batches(self, batch_size: int, max_images: int) -> Iterator[dict[str, torch.Tensor]]:
         """The first `max_images` rows, in order, so every trial scores the same images."""
         view = _IndexBatches(self.shards)
         total = min(max_images, len(self))
         for start in range(0, total, batch_size):
             yield view[np.arange(start, min(start + batch_size, total))]
+
+
+_STAGE_CHUNK_BYTES = 256 * 2**20
+
+
+def _row_bytes(spec: dict) -> int:
+    return int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=name)).dtype
+
+
+def _pinned(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GPU only: the batch in page-locked host memory (needs a CUDA device)."""
+    return {k: v.pin_memory() for k, v in batch.items()}
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """GPU only: free memory on a CUDA device; None for other devices."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def stage_on_device(
+    data: DataConfig, *, nbytes: int, device: torch.device, free_bytes: int | None
+) -> bool:
+    """Whether to stage the training split on `device` (`data.stage`, see DataConfig).
+
+    "auto" stages only on CUDA (`free_bytes` known) and only when the split takes at
+    most `data.stage_memory_fraction` of the free memory; the rest is the model's.
+    """
+    if data.stage == "stream":
+        return False
+    budget = None if free_bytes is None else data.stage_memory_fraction * free_bytes
+    if data.stage == "device":
+        if budget is not None and nbytes > budget:
+            raise ConfigError(
+                f"data.stage: 'device', but the training split needs {nbytes / 1e9:.2f} GB "
+                f"and {data.stage_memory_fraction:g} of {device}'s free memory is "
+                f"{budget / 1e9:.2f} GB; use data.stage: auto or stream, or raise "
+                "data.stage_memory_fraction"
+            )
+        return True
+    return budget is not None and nbytes <= budget
 
 
 def to_model_inputs(

@@ -14,7 +14,8 @@ from slotsweep import checkpoint
 from slotsweep.batches import Batches
 from slotsweep.config import TrainConfig, build_config
 from slotsweep.data.shards import ShardDataset, ShardWriter
-from slotsweep.train import NonFiniteLossError, fit, get_lr
+from slotsweep.models import build_model
+from slotsweep.train import NonFiniteLossError, fit, get_lr, train_step
 
 
 class Crash(RuntimeError):
@@ -167,3 +168,98 @@ def test_cli_trains_and_resumes(tiny_config, tmp_path):
     assert "resumed from" in second.stdout and "step 8/8" in second.stdout
     bad = subprocess.run(cmd + ["loss.betta=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "loss.betta: unknown key" in bad.stderr
+
+
+# ---- the GPU code paths, run on the CPU (issue 9)
+
+
+def _finite_params(workdir):
+    return all(torch.isfinite(v).all() for v in _params(workdir).values())
+
+
+def test_bf16_autocast_trains_and_stays_finite(tiny_config, tmp_path):
+    cfg = tiny_config(loss={"type": "covloss", "beta": 1.0, "proj_dim": 32},
+                      train={"precision": "bf16"})
+    result = fit(cfg, workdir=tmp_path, log=None)
+    for key in ("train/loss", "train/recon", "train/covariance", "val/fg_ari"):
+        assert math.isfinite(result[key]), key
+    state = _params(tmp_path)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert _finite_params(tmp_path)
+
+
+def test_compile_flag_trains_the_compiled_forward(tiny_config, tmp_path, monkeypatch):
+    """The dynamo path of `train.compile`, with the eager backend (inductor: the slow test)."""
+    calls, real_compile = [], torch.compile
+
+    def compile_eager(model, **kwargs):
+        calls.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    result = fit(tiny_config(train={"compile": True, "precision": "bf16"}), workdir=tmp_path,
+                 log=None)
+    torch._dynamo.reset()
+    assert len(calls) == 1
+    assert math.isfinite(result["train/loss"]) and _finite_params(tmp_path)
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_on_the_cpu(tiny_config, tmp_path):
+    """Real torch.compile (inductor's C++ kernels): ~75 s cold, ~5 s with its cache."""
+    result = fit(tiny_config(train={"compile": True, "precision": "bf16"}), workdir=tmp_path,
+                 log=None)
+    torch._dynamo.reset()
+    assert math.isfinite(result["train/loss"]) and _finite_params(tmp_path)
+
+
+def test_adam_is_fused_on_cuda_only():
+    from slotsweep.train import make_optimizer
+
+    model = torch.nn.Linear(3, 3)
+    assert make_optimizer(model, 1e-3, torch.device("cuda")).defaults["fused"] is True
+    assert not make_optimizer(model, 1e-3, torch.device("cpu")).defaults["fused"]
+
+
+def test_staged_training_continues_the_streamed_trajectory(tiny_config, tmp_path):
+    """data.stage=device (the CPU here) resumed mid-epoch = one streamed run, bit for bit."""
+    streamed = tiny_config(data={"stage": "stream"})
+    staged = tiny_config(data={"stage": "device"})
+    fit(streamed, workdir=tmp_path / "streamed", log=None)
+
+    def crash_at_4(metrics, ckpt):
+        if metrics["step"] == 4:
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit(staged, crash_at_4, workdir=tmp_path / "staged", log=None)
+    lines = []
+    fit(staged, workdir=tmp_path / "staged", log=lines.append)
+    assert any(line.startswith("staged the training split on cpu") for line in lines)
+    a, b = _params(tmp_path / "streamed"), _params(tmp_path / "staged")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("stage", ["device", "stream"])
+def test_cuda_step_never_waits_for_the_device(tiny_config, stage):
+    """Staged or pinned batches, fused Adam, loss sums on the device: no sync per step."""
+    from slotsweep.train import _Window, make_optimizer, training_batches
+
+    cfg = tiny_config(train={"device": "cuda", "precision": "bf16"}, data={"stage": stage})
+    device = torch.device("cuda")
+    model = build_model(cfg.model, cfg.loss).to(device)
+    optimizer = make_optimizer(model, cfg.train.lr, device)
+    batches = training_batches(Batches.open(cfg.data.train, cfg.model, eval=False), cfg,
+                               device, start=0)
+    window = _Window(device)
+    window.add(0, train_step(model, optimizer, next(batches), cfg, 0, device))  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 4):
+            window.add(step, train_step(model, optimizer, next(batches), cfg, step, device))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    window.check()
