@@ -158,6 +158,12 @@ class DataConfig(_Section):
     synthetic_val: PositiveInt = 320
     synthetic_seed: NonNegInt = 0
     num_workers: NonNegInt = 0
+    # The training split held in device memory and sampled there (no per-step host copy):
+    # "auto" stages it on a CUDA device when it fits in stage_memory_fraction of the
+    # free device memory (DINO ViT-B/16 COCO train: ~35 GB), "device" always (on the
+    # trainer's device, the CPU included), "stream" never. Same batches either way.
+    stage: Literal["auto", "device", "stream"] = "auto"
+    stage_memory_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
 class TrainConfig(_Section):

@@ -289,7 +289,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
             if len({t.config.get(a) for t in trials if t.relevant(a)}) > 1]
     counts = {s: sum(t.status == s for t in trials)
               for s in ("finished", "stopped early", "failed", "running")}
-    requested = max(spec.search.num_samples, len(trials))
+    requested = max(sweep.num_trials(), len(trials))
     counts["pending"] = requested - len(trials)
     probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")})
     columns = [{"key": "trial", "label": "trial", "numeric": False},

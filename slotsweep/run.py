@@ -13,10 +13,13 @@ import argparse
 import math
 import os
 import sys
+from typing import Any
 
-from slotsweep.config import ConfigError, parse_override
+from pydantic import ValidationError
+
+from slotsweep.config import ConfigError, format_validation_error, parse_override
 from slotsweep.data.shards import ShardError
-from slotsweep.sweep_spec import Sweep, load_sweep
+from slotsweep.sweep_spec import Resources, Sweep, load_sweep
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray: auto | local | ray://host:port | host:port "
                                      "(default: join a running cluster, else start one)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance")
+    p.add_argument("--cpus-per-trial", type=float, metavar="N",
+                   help="override the sweep file's resources.cpu")
+    p.add_argument("--gpus-per-trial", type=float, metavar="N",
+                   help="override the sweep file's resources.gpu (0: run a GPU sweep on "
+                        "CPUs, with --set train.device=cpu)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new instance of the sweep (the old one is kept)")
     p.add_argument("--dry-run", action="store_true",
@@ -43,25 +51,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def dry_run(sweep: Sweep) -> str:
-    """The search space and the resolved config of the first trial the search would run."""
+def first_params(sweep: Sweep) -> dict[str, Any]:
+    """The parameters of a first trial: every key's first value for a grid search,
+    otherwise the first draw of a seeded Optuna TPE study over the same space."""
+    if sweep.spec.search.algorithm == "grid":
+        return {k: sweep.spec.search_space[k].candidates()[0] for k in sweep.order()}
     import optuna
 
     from slotsweep.sweep import OptunaSpace
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=sweep.spec.search.seed))
+    return OptunaSpace(sweep)(study.ask())
+
+
+def num_trials(sweep: Sweep) -> int:
+    """Trials the sweep runs: a grid search runs num_samples passes over its grid."""
+    return sweep.num_trials()
+
+
+def with_resources(sweep: Sweep, cpu: float | None, gpu: float | None) -> Sweep:
+    """The sweep with its per-trial resources replaced (None keeps the file's value)."""
+    res = sweep.spec.resources
+    try:
+        resources = Resources(cpu=res.cpu if cpu is None else cpu,
+                              gpu=res.gpu if gpu is None else gpu)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(
+            exc, "--cpus-per-trial/--gpus-per-trial", Resources)) from None
+    sweep.spec = sweep.spec.model_copy(update={"resources": resources})
+    return sweep
+
+
+def dry_run(sweep: Sweep) -> str:
+    """The search space and the resolved config of the first trial the search would run."""
     lines = [f"sweep {sweep.name} ({sweep.path})", "search space:"]
     for key in sweep.order():
         p = sweep.spec.search_space[key]
         when = f"  when {p.when}" if p.when else ""
         lines.append(f"  {key}: {p.kind} {getattr(p, p.kind)}{when}")
     s = sweep.spec.search
-    lines.append(f"search: {s.algorithm}, {s.num_samples} trials, {s.mode} {s.metric}, "
+    lines.append(f"search: {s.algorithm}, {num_trials(sweep)} trials, {s.mode} {s.metric}, "
                  f"seed {s.seed}; scheduler: {sweep.spec.scheduler.type}; "
                  f"resources per trial: {sweep.spec.resources.cpu:g} CPU, "
                  f"{sweep.spec.resources.gpu:g} GPU")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=s.seed))
-    params = OptunaSpace(sweep)(study.ask())
+    params = first_params(sweep)
     lines += ["first trial:", *(f"  {k} = {v}" for k, v in params.items()),
               "resolved config of the first trial:", sweep.trial_config(params).to_yaml()]
     return "\n".join(lines)
@@ -140,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = dict(parse_override(o) for o in args.overrides)
         sweep = load_sweep(args.sweep, overrides)
+        if args.cpus_per_trial is not None or args.gpus_per_trial is not None:
+            sweep = with_resources(sweep, args.cpus_per_trial, args.gpus_per_trial)
         if args.dry_run:
             print(dry_run(sweep))
             return 0
         from slotsweep import sweep as engine
 
+        engine.check_data(sweep.trial_config({}))  # before Ray starts or storage is touched
         try:
             started = engine.connect(args.address, num_cpus=args.num_cpus)
         except ConnectionError as exc:
@@ -160,10 +197,35 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume the sweep", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = _storage_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 3
     return 0
+
+
+def _storage_message(exc: BaseException) -> str | None:
+    """One paragraph for a full / read-only storage (Tune may wrap our StorageFault)."""
+    from slotsweep.sweep import StorageFault, storage_fault
+
+    fault, seen = exc, 0
+    while fault is not None and not isinstance(fault, StorageFault) and seen < 10:
+        fault, seen = fault.__cause__ or fault.__context__, seen + 1
+    if isinstance(fault, StorageFault):
+        first = str(fault)
+    elif (sign := storage_fault(exc)) is not None:
+        first = f"the sweep storage {sign}"
+    else:
+        return None
+    return (f"{first}. The sweep stopped; finished trials, checkpoints and the sweep state "
+            "written before the fault are kept. Free some space (or make the storage "
+            "writable) and rerun the same command to resume.")
 
 
 if __name__ == "__main__":

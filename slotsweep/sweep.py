@@ -18,11 +18,14 @@ study warm-started by every earlier result.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import functools
 import json
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +40,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from slotsweep import checkpoint as ckpt
 from slotsweep.config import ConfigError, TrialConfig
-from slotsweep.data.shards import MANIFEST, read_manifest
+from slotsweep.data.shards import MANIFEST, ShardError, check_split, read_manifest
 from slotsweep.data.synthetic import ensure_synthetic
 from slotsweep.sweep_spec import Param, Sweep
 from slotsweep.tracking import SweepTracker, default_tracking_uri
-from slotsweep.train import fit
+from slotsweep.train import NonFiniteLossError, OutOfMemoryError, fit
 
 LEDGER = "ledger.jsonl"
 
@@ -212,8 +215,28 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    fit(config, report, workdir=workdir, resume_from=resume_from,
-        log=lambda s: print(s, flush=True))
+    failed = workdir / FAILED
+    if failed.is_file():
+        # A retry (FailureConfig) of a trial whose error does not depend on the worker:
+        # training again would fail the same way, so fail at once with the same message.
+        raise TrialFailed(json.loads(failed.read_text())["error"])
+    try:
+        fit(config, report, workdir=workdir, resume_from=resume_from,
+            log=lambda s: print(s, flush=True))
+    except DETERMINISTIC as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        failed.write_text(json.dumps({"error": message}))
+        raise TrialFailed(message) from None
+
+
+class TrialFailed(RuntimeError):
+    """A trial's own error (NaN loss, bad data, out of memory): retrying cannot help."""
+
+
+FAILED = "failed.json"
+DETERMINISTIC = (NonFiniteLossError, OutOfMemoryError, ShardError, ConfigError,
+                 ckpt.CheckpointError)
 
 
 # ----------------------------------------------------------------- ledger
@@ -243,10 +266,81 @@ def ended_before(path: Path, trial_id: str, params: dict[str, Any]) -> dict[str,
 
 
 def append_ledger(path: Path, entry: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(entry) + "\n")
+    with path.open("ab") as f:
+        torn = f.tell() > 0 and path.read_bytes()[-1:] != b"\n"  # a full disk tore a line
+        f.write((("\n" if torn else "") + json.dumps(entry) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------- storage faults
+
+# What a full, read-only or over-quota storage looks like from Python, Ray and sqlite.
+STORAGE_SIGNS = {"No space left on device": "full", "database or disk is full": "full",
+                 "Disk quota exceeded": "over quota", "Read-only file system": "read-only",
+                 "attempt to write a readonly database": "read-only"}
+MIN_FREE_MB = int(os.environ.get("SLOTSWEEP_MIN_FREE_MB", "50"))
+
+
+class StorageFault(RuntimeError):
+    """The sweep's storage cannot be written: the sweep stops, what is there is kept."""
+
+
+def storage_fault(error: BaseException | str | None) -> str | None:
+    """The storage sign in an error (or its cause chain, or a trial's error text)."""
+    seen = 0
+    while error is not None and seen < 10:
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        sign = next((f"is {what}: {s}" for s, what in STORAGE_SIGNS.items() if s in text),
+                    None)
+        if sign or isinstance(error, str):
+            return sign
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EROFS,
+                                                          errno.EDQUOT):
+            return f"is unwritable: {os.strerror(error.errno)}"
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+def check_storage(path: Path, min_free_mb: int = MIN_FREE_MB) -> None:
+    """Fail before anything runs when `path` (or its nearest existing parent) cannot be
+    written or has less than `min_free_mb` MB free. Leaves nothing behind."""
+    probe_dir = path
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".slotsweep-probe-") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise StorageFault(f"{probe_dir}: the sweep storage cannot be written "
+                           f"({exc.strerror}); make it writable or pass --storage") from None
+    free = shutil.disk_usage(probe_dir).free / 2**20
+    if free < min_free_mb:
+        raise StorageFault(f"{probe_dir}: the sweep storage has {free:.0f} MB free, less "
+                           f"than {min_free_mb} MB (SLOTSWEEP_MIN_FREE_MB); free some space "
+                           "or pass --storage")
+
+
+def _stop_on_storage_faults(method):
+    """A callback's write that fails because the storage is full or read-only stops the
+    sweep (Tune re-raises callback errors): nothing is recorded as a trial failure."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StorageFault:
+            raise
+        except Exception as exc:
+            sign = storage_fault(exc)
+            if sign is None:
+                raise
+            raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign}"
+                               ) from exc
+
+    return wrapper
 
 
 # ----------------------------------------------------------------- tracking
@@ -273,10 +367,12 @@ class TrackingCallback(Callback):
     def _replay(self, trial) -> bool:
         return ended_before(self.ledger, trial.trial_id, trial.config) is not None
 
+    @_stop_on_storage_faults
     def on_trial_start(self, iteration, trials, trial, **info):
         if not self._replay(trial):
             self._run(trial)
 
+    @_stop_on_storage_faults
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "step" not in result or result.get("slotsweep/replayed"):
             return
@@ -285,6 +381,7 @@ class TrackingCallback(Callback):
         self.tracker.log_result(run, metrics, step=int(result["step"]),
                                 timestamp_ms=int(result.get("timestamp", 0) * 1000))
 
+    @_stop_on_storage_faults
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if (trial.last_result or {}).get("slotsweep/replayed"):
             return
@@ -300,6 +397,15 @@ class TrackingCallback(Callback):
         append_ledger(self.ledger, {"trial_id": trial.trial_id, "outcome": outcome,
                                     "params": trial.config, "metrics": last, "error": error})
 
+    @_stop_on_storage_faults
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Ray retries the trial (FailureConfig) from its last checkpoint, in the same run."""
+        if self._replay(trial):
+            return
+        self.tracker.record_retry(self._run(trial), retries=int(trial.num_failures),
+                                  error=_error_line(trial))
+
+    @_stop_on_storage_faults
     def on_trial_complete(self, iteration, trials, trial, **info):
         steps = self.sweep.trial_config(trial.config).train.steps
         done = int((trial.last_result or {}).get("step", 0)) >= steps
@@ -308,16 +414,25 @@ class TrackingCallback(Callback):
             return
         self._end(trial, "finished" if done else "stopped early")
 
+    @_stop_on_storage_faults
     def on_trial_error(self, iteration, trials, trial, **info):
         if self._replay(trial):
             return
-        error = None
-        try:
-            exc = trial.get_error()
-            error = str(exc).strip().splitlines()[-1] if exc else None
-        except Exception:  # noqa: BLE001 - the error file may be unreadable; keep going
-            error = "trial failed (see the trial's error.txt)"
+        error = _error_line(trial)
+        sign = storage_fault(error)
+        if sign is not None:  # not the trial's fault: stop, and resume it next time
+            raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign} "
+                               f"(trial {trial.trial_id} could not write its checkpoint)")
         self._end(trial, "failed", error)
+
+
+def _error_line(trial) -> str | None:
+    """The last line of a trial's error: `TrialFailed: NonFiniteLossError: step 3: ...`."""
+    try:
+        exc = trial.get_error()
+        return str(exc).strip().splitlines()[-1] if exc else None
+    except Exception:  # noqa: BLE001 - the error file may be unreadable; keep going
+        return "trial failed (see the trial's error.txt)"
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -448,6 +563,19 @@ def collect(instance: Path) -> list[TrialRecord]:
     return list(records.values())
 
 
+def check_data(config: TrialConfig) -> None:
+    """Fail before Ray or the storage is touched when the base config's data is unusable:
+    a missing or corrupt shard, a missing manifest, a wrong feature size, an empty split.
+    (Data paths that a search space varies are checked when their trial starts.)"""
+    from slotsweep.batches import Batches
+
+    for path, is_eval in ((config.data.train, False), (config.data.val, True)):
+        if "://" in str(path) or (config.data.synthetic and not Path(path).exists()):
+            continue  # remote: checked when cached; synthetic: generated just below
+        check_split(path)
+        Batches.open(str(path), config.model, eval=is_eval)
+
+
 def run_sweep(
     sweep: Sweep,
     *,
@@ -459,11 +587,13 @@ def run_sweep(
 ) -> SweepResult:
     """Run or resume `sweep` on the connected Ray cluster; returns every trial's result."""
     spec = sweep.spec
-    total = num_samples or spec.search.num_samples
+    base = sweep.trial_config({})
+    check_data(base)
+    total = sweep.num_trials(num_samples)  # a grid: num_samples passes over the grid
     sweep_dir = Path(storage or spec.storage).resolve() / sweep.name
+    check_storage(sweep_dir)
     instance = pick_instance(sweep_dir, fresh)
     instance.mkdir(parents=True, exist_ok=True)
-    base = sweep.trial_config({})
     if base.data.synthetic:  # once, here, rather than racing in every trial
         ensure_synthetic(base.data, resolution=base.model.resolution)
 
@@ -489,8 +619,10 @@ def run_sweep(
 
     experiments = experiments_of(instance)
     if experiments and tune.Tuner.can_restore(str(experiments[-1])):
+        # resume_errored: a trial stopped by a storage fault continues from its checkpoint;
+        # a trial that failed on its own replays its ledger entry or fails at once.
         tuner = tune.Tuner.restore(str(experiments[-1]), trainable, resume_unfinished=True,
-                                   resume_errored=False)
+                                   resume_errored=True)
         tuner.fit()
     elif experiments:  # an experiment dir that never got its first snapshot: start over
         shutil.rmtree(experiments[-1])
@@ -509,7 +641,8 @@ def run_sweep(
             param_space=_param_space(sweep),
             tune_config=tune.TuneConfig(
                 search_alg=_search(sweep, prior, name), scheduler=_scheduler(sweep),
-                metric=spec.search.metric, mode=spec.search.mode, num_samples=missing,
+                metric=spec.search.metric, mode=spec.search.mode,
+                num_samples=math.ceil(missing / sweep.grid_size()),
                 reuse_actors=True,  # a worker process per trial costs ~5 s of imports
             ),
             run_config=tune.RunConfig(

@@ -24,6 +24,8 @@ the base config's value.
 from __future__ import annotations
 
 import builtins
+import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,6 +167,16 @@ class Sweep:
             overrides["seed"] = seed
         return build_config(self.base, source=str(self.path), overrides=overrides)
 
+    def grid_size(self) -> int:
+        """Trials in one pass over a grid search's grid (1 for other algorithms)."""
+        if self.spec.search.algorithm != "grid":
+            return 1
+        return math.prod(len(p.grid) for p in self.spec.search_space.values() if p.grid)
+
+    def num_trials(self, num_samples: int | None = None) -> int:
+        """Trials the sweep runs: num_samples, or for a grid num_samples passes over it."""
+        return (num_samples or self.spec.search.num_samples) * self.grid_size()
+
     def base_flat(self) -> dict[str, Any]:
         """The base config as dotted keys (what an inactive conditional key keeps).
 
@@ -219,11 +231,27 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
     for key, param in spec.search_space.items():
         where = f"{path}: search_space.{key}"
         if key not in keys:
-            raise ConfigError(f"{where}: not a trial config key (e.g. loss.beta, model.slot_size)")
-        for cond in param.when or {}:
+            raise ConfigError(f"{where}: not a trial config key{_did_you_mean(key, keys)}")
+        for cond, allowed in (param.when or {}).items():
             if cond not in keys:
-                raise ConfigError(f"{where}.when.{cond}: not a trial config key")
+                raise ConfigError(
+                    f"{where}.when.{cond}: not a trial config key{_did_you_mean(cond, keys)}")
+            if cond in spec.search_space and spec.search_space[cond].kind in ("choice", "grid"):
+                drawn = spec.search_space[cond].candidates()
+                never = [v for v in (allowed if isinstance(allowed, list) else [allowed])
+                         if v not in drawn]
+                if never:
+                    raise ConfigError(
+                        f"{where}.when.{cond}: {', '.join(map(repr, never))} is never drawn "
+                        f"({cond} takes {', '.join(map(repr, drawn))}), so {key} would never "
+                        "be searched")
     if spec.search.algorithm == "grid":
+        conditional = [k for k, p in spec.search_space.items() if p.when]
+        if conditional:
+            raise ConfigError(
+                f"{path}: search_space.{conditional[0]}.when: a grid search tries every "
+                "combination, so conditions do not apply; use search.algorithm: optuna, or "
+                "one sweep file per condition")
         bad = [k for k, p in spec.search_space.items() if p.kind not in ("grid", "choice")]
         if bad:
             raise ConfigError(f"{path}: search.algorithm: grid needs choice/grid values; "
@@ -234,6 +262,11 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
         for value in param.candidates():
             _check_value(sweep, order, key, value)
     return sweep
+
+
+def _did_you_mean(key: str, keys) -> str:
+    close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else " (e.g. loss.beta, model.slot_size)"
 
 
 def _check_value(sweep: Sweep, order: list[str], key: str, value: Any) -> None:

@@ -25,6 +25,8 @@ TAG_TRIAL = "slotsweep.trial_id"
 TAG_ROLE = "slotsweep.role"
 TAG_OUTCOME = "slotsweep.outcome"
 TAG_ERROR = "slotsweep.error"
+TAG_RETRIES = "slotsweep.retries"
+TAG_RETRY_ERROR = "slotsweep.retry_error"
 
 _TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 
@@ -161,6 +163,13 @@ class SweepTracker:
         status = {"failed": RunStatus.FAILED, "stopped early": RunStatus.KILLED}.get(
             outcome, RunStatus.FINISHED)
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def record_retry(self, run_id: str, *, retries: int, error: str | None) -> None:
+        """Ray restarted the trial from its checkpoint: same run, a retry count and why."""
+        tags = [RunTag(TAG_RETRIES, str(retries))]
+        if error:
+            tags.append(RunTag(TAG_RETRY_ERROR, error[:4000]))
+        self.client.log_batch(run_id, tags=tags)
 
     def end_sweep(self, *, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_run(), status=status)

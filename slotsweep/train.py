@@ -6,6 +6,11 @@ with deterministic slot initialisation, writes self-describing checkpoints atomi
 and resumes from the latest one so that a resumed run continues the same trajectory.
 Results leave only through `report(metrics, checkpoint_dir)`.
 
+On a GPU the step never waits for the host: loss terms are summed on the device and read
+at logging intervals, batches arrive in pinned memory (or are gathered from the split
+staged in device memory), Adam is fused, and bf16 autocast / torch.compile are flags
+(`train.precision`, `train.compile`) that run on the CPU too.
+
     python -m slotsweep.train configs/dsprites_small.yaml train.steps=2000
 """
 
@@ -23,7 +28,12 @@ import numpy as np
 import torch
 
 from slotsweep import checkpoint
-from slotsweep.batches import Batches, to_model_inputs
+from slotsweep.batches import (
+    Batches,
+    free_device_bytes,
+    stage_on_device,
+    to_model_inputs,
+)
 from slotsweep.config import ConfigError, TrainConfig, TrialConfig, load_config
 from slotsweep.data.shards import ShardError
 from slotsweep.data.synthetic import ensure_synthetic
@@ -36,6 +46,18 @@ Report = Callable[[dict[str, float], str | None], None]
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/inf; the message names the step and every loss term."""
+
+
+class OutOfMemoryError(MemoryError):
+    """A step needed more device memory than there is; names the step and batch size."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):  # CUDA (and other accelerators)
+        return True
+    text = str(exc)  # the CPU allocator raises a plain RuntimeError
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def get_lr(step: int, train: TrainConfig) -> float:
@@ -88,7 +110,7 @@ class _Window:
         self.sums = values if self.sums is None else self.sums + values
         self.count += 1
         bad = ~torch.isfinite(values).all() & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, torch.tensor(step, device=self.device), self.first_bad)
+        self.first_bad = self.first_bad.masked_fill(bad, step)  # a scalar: no host copy
         prev = values if self.bad_terms is None else self.bad_terms
         self.bad_terms = torch.where(bad, values, prev)
 
@@ -106,6 +128,33 @@ class _Window:
         values = (self.sums / self.count).tolist()
         self.reset()
         return {f"train/{n}": v for n, v in zip(self.names, values, strict=True)}
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device):
+    """Adam; fused into one kernel per step on CUDA (same update, fewer launches)."""
+    fused = True if device.type == "cuda" else None  # None: torch's default for the CPU
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
+
+
+def training_batches(
+    train_set: Batches, config: TrialConfig, device: torch.device, *, start: int,
+    log: Callable[[str], None] | None = None,
+):
+    """Endless training batches from step `start`: from the split staged in device
+    memory when `data.stage` says so, otherwise streamed from the shards."""
+    tc, data = config.train, config.data
+    nbytes = train_set.nbytes()
+    if stage_on_device(data, nbytes=nbytes, device=device, free_bytes=free_device_bytes(device)):
+        staged = train_set.stage(device)
+        if log:
+            log(f"staged the training split on {device} ({nbytes / 1e9:.2f} GB)")
+        return train_set.staged_batches(
+            staged, start=start, batch_size=tc.batch_size, seed=config.seed
+        )
+    return train_set.train_batches(
+        start=start, batch_size=tc.batch_size, seed=config.seed,
+        num_workers=data.num_workers, pin_memory=device.type == "cuda",
+    )
 
 
 def train_step(model, optimizer, batch, config: TrialConfig, step: int, device: torch.device):
@@ -142,6 +191,8 @@ def _restore(path: Path, model, optimizer, device: torch.device) -> tuple[int, f
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the saved run's device may have differed
+            group["fused"] = optimizer.defaults["fused"]
     except (KeyError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise checkpoint.CheckpointError(
@@ -183,7 +234,7 @@ def fit(
                 raise ValueError(f"eval.probe: {split} has no objects column (the probe "
                                  "predicts object properties; synthetic dSprites has them)")
     model = build_model(config.model, config.loss).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    optimizer = make_optimizer(model, config.train.lr, device)
     config_yaml = config.to_yaml()
 
     step, elapsed = 0, 0.0
@@ -195,10 +246,7 @@ def fit(
     forward = torch.compile(model) if config.train.compile else model
 
     tc = config.train
-    batches = train_set.train_batches(
-        start=step, batch_size=tc.batch_size, seed=config.seed,
-        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-    )
+    batches = training_batches(train_set, config, device, start=step, log=log)
     window = _Window(device)
     metrics: dict[str, float] = {}
     last_eval: dict[str, float] = {}
@@ -206,7 +254,17 @@ def fit(
     tick, tick_step = time.perf_counter(), step
     model.train()
     while step < tc.steps:
-        terms = train_step(forward, optimizer, next(batches), config, step, device)
+        try:
+            terms = train_step(forward, optimizer, next(batches), config, step, device)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not _is_oom(exc):
+                raise
+            raise OutOfMemoryError(
+                f"out of {device.type} memory at step {step + 1} with train.batch_size="
+                f"{tc.batch_size} ({str(exc).splitlines()[0][:200]}); lower train.batch_size "
+                "or model sizes, or give each trial more memory"
+                + (" (a larger resources.gpu share)" if device.type == "cuda" else "")
+            ) from None
         window.add(step, terms)
         step += 1
         is_eval = step % config.eval.every == 0 or step == tc.steps
@@ -277,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         workdir = args.workdir or f"runs/{Path(args.config).stem}"
         result = fit(config, workdir=workdir, log=lambda s: print(s, flush=True))
-    except (ConfigError, ShardError, checkpoint.CheckpointError, NonFiniteLossError) as exc:
+    except (ConfigError, ShardError, checkpoint.CheckpointError, NonFiniteLossError,
+            OutOfMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -492,6 +492,32 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+CHECKSUM_LIMIT = 2 << 30  # splits up to this size get their sha256 checked up front
+
+
+def check_split(path: str | os.PathLike, *, checksum_limit: int = CHECKSUM_LIMIT) -> dict:
+    """Before anything runs on a split: every shard present, of the manifest's size,
+    readable with the manifest's schema and row count; and, for splits no larger than
+    `checksum_limit` bytes, matching its sha256 (larger ones: `verify` it once)."""
+    manifest = read_manifest(path)
+    directory = Path(path)
+    directory = directory.parent if directory.name == MANIFEST else directory
+    checksums = sum(e["bytes"] for e in manifest["shards"]) <= checksum_limit
+    for entry in manifest["shards"]:
+        if checksums:
+            _verify_shard(directory, entry, manifest["columns"])
+            continue
+        file = directory / entry["file"]
+        if file.is_file() and file.stat().st_size != entry["bytes"]:
+            raise ShardError(
+                f"{directory}: shard {entry['file']} has {file.stat().st_size} bytes, the "
+                f"manifest says {entry['bytes']} (truncated or replaced); copy the split "
+                "again or re-run prepare"
+            )
+        _open_shard(directory, entry, manifest["columns"])
+    return manifest
+
+
 class ShardDataset(Dataset):
     """Map-style dataset over the shards of one split; items are read-only numpy views.
 
