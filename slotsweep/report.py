@@ -261,6 +261,92 @@ def best_masks(client, trial: TrialView) -> tuple[bytes | None, str | None]:
         return (files[0].read_bytes(), f"{latest}/{files[0].name}") if files else (None, None)
 
 
+# ------------------------------------------------------------------- seeds and tests
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | None]:
+    """Mean and the half-width of its Student-t confidence interval (None for n < 2)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / n**0.5
+
+
+def seed_groups(trials: list[TrialView], keys: list[str],
+                metrics: list[str]) -> list[dict[str, Any]]:
+    """Trials that differ only in their seed, with mean ± 95% CI of each metric."""
+    setting = [k for k in keys if k != "seed"]
+    groups: dict[tuple, list[TrialView]] = {}
+    for t in trials:
+        ident = tuple((k, t.config.get(k)) for k in setting if t.relevant(k))
+        groups.setdefault(ident, []).append(t)
+    rows = []
+    for ident, members in groups.items():
+        row: dict[str, Any] = {
+            "setting": ", ".join(f"{k}={_fmt(v)}" for k, v in ident) or "base",
+            "loss": members[0].loss_type, "n": len(members),
+            "trials": sorted(t.trial_id for t in members), "values": {}, "mean": {},
+            "ci": {}}
+        for m in metrics:
+            values = [t.metrics[m] for t in members if _finite(t.metrics.get(m))]
+            if values:
+                row["values"][m] = values
+                row["mean"][m], row["ci"][m] = mean_ci(values)
+        rows.append(row)
+    return rows
+
+
+def loss_type_tests(groups: list[dict[str, Any]], metric: str, mode: str) -> list[dict]:
+    """Each loss type's best setting (by mean over seeds) against every other's:
+    Welch's t-test on the per-seed values (two-sided; needs 2+ seeds on both sides)."""
+    from scipy import stats
+
+    best: dict[str, dict] = {}
+    for g in groups:
+        if len(g["values"].get(metric, [])) < 2:
+            continue
+        current = best.get(g["loss"])
+        better = (g["mean"][metric] > current["mean"][metric] if mode == "max"
+                  else g["mean"][metric] < current["mean"][metric]) if current else True
+        if better:
+            best[g["loss"]] = g
+    out = []
+    names = sorted(best)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = best[a]["values"][metric], best[b]["values"][metric]
+            test = stats.ttest_ind(x, y, equal_var=False)
+            p = float(test.pvalue)
+            out.append({"a": f"{a} ({best[a]['setting']})", "b": f"{b} ({best[b]['setting']})",
+                        "diff": best[a]["mean"][metric] - best[b]["mean"][metric],
+                        "p": p if math.isfinite(p) else None, "n": f"{len(x)} vs {len(y)}"})
+    return out
+
+
+def seed_figure(groups: list[dict[str, Any]]) -> dict | None:
+    """Mean ± 95% CI over seeds per setting, FG-ARI and mBO side by side."""
+    import plotly.graph_objects as go
+
+    shown = [g for g in groups if g["n"] >= 2]
+    if not shown:
+        return None
+    fig = go.Figure()
+    for metric, colour in (("val/fg_ari", "#4c72b0"), ("val/mbo", "#dd8452")):
+        with_metric = [g for g in shown if metric in g["mean"]]
+        fig.add_trace(go.Bar(
+            x=[g["setting"] for g in with_metric], y=[g["mean"][metric] for g in with_metric],
+            error_y={"type": "data", "array": [g["ci"][metric] or 0 for g in with_metric]},
+            name=METRICS[metric], marker_color=colour))
+    fig.update_layout(title="mean ± 95% CI over seeds", barmode="group", height=380,
+                      template="plotly_white", margin={"l": 50, "r": 20, "t": 40, "b": 90})
+    return {"id": "fig-seeds", "metric": "seeds", "axis": "seeds",
+            "spec": json.loads(fig.to_json())}
+
+
 # ------------------------------------------------------------------------- the page
 
 
@@ -311,7 +397,18 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
                     for m in (*METRICS, *probes)})
         rows.append(row)
     best_png, best_path = best_masks(client, best) if best is not None else (None, None)
+    groups = seed_groups(trials, keys, [*METRICS, *probes])
+    repeated = any(g["n"] >= 2 for g in groups)
+    seeds_fig = seed_figure(groups) if repeated else None
     return {
+        "seed_groups": [
+            {"setting": g["setting"], "loss": g["loss"], "n": g["n"], "trials": g["trials"],
+             "cells": {m: (g["mean"].get(m), g["ci"].get(m)) for m in [*METRICS, *probes]}}
+            for g in sorted(groups, key=lambda g: -(g["mean"].get(spec.search.metric) or 0))
+        ] if repeated else [],
+        "seed_metrics": {m: METRICS.get(m, m.removeprefix("probe/")) for m in [*METRICS, *probes]},
+        "tests": loss_type_tests(groups, spec.search.metric, spec.search.mode) if repeated else [],
+        "seeds_figure": seeds_fig,
         "sweep": sweep.name, "description": (spec.description or "").strip(),
         "instance": instance or "all instances", "tracking_uri": tracking_uri,
         "experiment_id": experiment_id, "metric": spec.search.metric, "mode": spec.search.mode,

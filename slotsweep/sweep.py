@@ -42,7 +42,7 @@ from slotsweep import checkpoint as ckpt
 from slotsweep.config import ConfigError, TrialConfig
 from slotsweep.data.shards import MANIFEST, ShardError, check_split, read_manifest
 from slotsweep.data.synthetic import ensure_synthetic
-from slotsweep.sweep_spec import Param, Sweep
+from slotsweep.sweep_spec import VARIANT, Param, Sweep
 from slotsweep.tracking import SweepTracker, default_tracking_uri
 from slotsweep.train import NonFiniteLossError, OutOfMemoryError, fit
 
@@ -356,6 +356,8 @@ class TrackingCallback(Callback):
     def _run(self, trial) -> str:
         config = self.sweep.trial_config(trial.config)
         params = {k: v for k, v in config.flat().items()}
+        if VARIANT in trial.config:  # not a config key: the name of the variant's overrides
+            params[VARIANT] = trial.config[VARIANT]
         active = active_params(self.sweep, trial.config)
         name = f"{trial.trial_id} " + " ".join(f"{k.split('.')[-1]}={_short(v)}"
                                                 for k, v in active.items())

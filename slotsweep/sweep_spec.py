@@ -41,6 +41,7 @@ from slotsweep.config import (
 )
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+VARIANT = "variant"  # the search key of a sweep file's `variants`
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
 
 
@@ -129,7 +130,12 @@ class SweepFile(_Section):
     description: str = ""
     base: str | None = None
     config: dict[str, Any] = {}
-    search_space: dict[str, Param]
+    # Named sets of dotted overrides, one axis of the search (e.g. the paper's rows:
+    # {baseline: {loss.type: none}, covloss: {loss.type: covloss, loss.beta: 1.0}}).
+    variants: dict[str, dict[str, Any]] = {}
+    # Every configuration repeated over this many seeds (seed, seed+1, ...): grid only.
+    seeds: int = Field(1, ge=1)
+    search_space: dict[str, Param] = {}
     search: Search = Search()
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
@@ -162,7 +168,9 @@ class Sweep:
 
     def trial_config(self, params: dict[str, Any], *, seed: int | None = None) -> TrialConfig:
         """The one place that turns sampled parameters into a TrialConfig."""
-        overrides = {k: v for k, v in params.items() if k in self.spec.search_space}
+        overrides = dict(self.spec.variants.get(params.get(VARIANT), {}))
+        overrides.update({k: v for k, v in params.items()
+                          if k in self.spec.search_space and k != VARIANT})
         if seed is not None:
             overrides["seed"] = seed
         return build_config(self.base, source=str(self.path), overrides=overrides)
@@ -226,14 +234,18 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
             base["data"][split] = str(Path.cwd() / value)
 
     keys = known_keys()
+    spec = _expand_variants_and_seeds(spec, path, keys, int(base["seed"]))
     if not spec.search_space:
-        raise ConfigError(f"{path}: search_space: is empty; name at least one config key")
+        raise ConfigError(f"{path}: search_space: is empty; name at least one config key "
+                          "(or give variants)")
     for key, param in spec.search_space.items():
         where = f"{path}: search_space.{key}"
+        if key == VARIANT and spec.variants:
+            continue
         if key not in keys:
             raise ConfigError(f"{where}: not a trial config key{_did_you_mean(key, keys)}")
         for cond, allowed in (param.when or {}).items():
-            if cond not in keys:
+            if cond not in keys and not (cond == VARIANT and spec.variants):
                 raise ConfigError(
                     f"{where}.when.{cond}: not a trial config key{_did_you_mean(cond, keys)}")
             if cond in spec.search_space and spec.search_space[cond].kind in ("choice", "grid"):
@@ -262,6 +274,34 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
         for value in param.candidates():
             _check_value(sweep, order, key, value)
     return sweep
+
+
+def _expand_variants_and_seeds(spec: SweepFile, path: Path, keys, base_seed: int) -> SweepFile:
+    """`variants` and `seeds` become search axes: `variant` (grid or choice over the
+    names) and `seed` (a grid of `seeds` consecutive seeds from the base config's)."""
+    space = dict(spec.search_space)
+    grid = spec.search.algorithm == "grid"
+    if spec.variants:
+        if VARIANT in space:
+            raise ConfigError(f"{path}: search_space.{VARIANT}: reserved for `variants`")
+        for name, overrides in spec.variants.items():
+            for key in overrides:
+                if key not in keys:
+                    raise ConfigError(f"{path}: variants.{name}.{key}: not a trial config "
+                                      f"key{_did_you_mean(key, keys)}")
+                if key in space:
+                    raise ConfigError(f"{path}: variants.{name}.{key}: also in search_space; "
+                                      "set a key in one place")
+        names = list(spec.variants)
+        space = {VARIANT: Param(grid=names) if grid else Param(choice=names), **space}
+    if spec.seeds > 1:
+        if not grid:
+            raise ConfigError(f"{path}: seeds: repeating every configuration over seeds needs "
+                              "search.algorithm: grid")
+        if "seed" in space:
+            raise ConfigError(f"{path}: seeds: and search_space.seed: give one of them")
+        space["seed"] = Param(grid=list(range(base_seed, base_seed + spec.seeds)))
+    return spec.model_copy(update={"search_space": space})
 
 
 def _did_you_mean(key: str, keys) -> str:

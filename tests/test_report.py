@@ -9,6 +9,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -202,3 +203,76 @@ def test_settings_that_do_not_act_are_levels_not_points():
     assert [s["y0"] for s in levels] == [pytest.approx(0.3)]  # mean of the two `none` trials
     depth = figures["fig-fg_ari-loss-proj_depth"]  # the cosine loss has no head
     assert [t["customdata"] for t in depth["data"]] == [["c"]]
+
+
+def test_mean_ci_is_students_t_interval():
+    from scipy import stats
+
+    from slotsweep.report import mean_ci
+
+    values = [0.61, 0.55, 0.70, 0.58]
+    mean, half = mean_ci(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                                 scale=stats.sem(values))
+    assert mean == pytest.approx(np.mean(values))
+    assert (mean - half, mean + half) == pytest.approx((low, high))
+    assert mean_ci([0.3]) == (0.3, None)
+
+
+def test_seed_groups_and_loss_type_tests():
+    from slotsweep.report import loss_type_tests, seed_groups
+
+    def trial(i, loss, beta, seed, fg):
+        t = _trial(f"t{i}", loss, beta, fg)
+        t.config["seed"] = seed
+        return t
+
+    rng = np.random.default_rng(0)
+    trials = [trial(i, "covloss", 1.0, s, 0.8 + 0.01 * rng.standard_normal())
+              for i, s in enumerate(range(4))]
+    trials += [trial(10 + i, "cosine", 0.01, s, 0.4 + 0.01 * rng.standard_normal())
+               for i, s in enumerate(range(4))]
+    trials += [trial(20 + i, "none", 1.0, s, 0.4 + 0.01 * rng.standard_normal())
+               for i, s in enumerate(range(4))]
+    groups = seed_groups(trials, ["loss.type", "loss.beta", "seed"], ["val/fg_ari"])
+    assert sorted((g["loss"], g["n"]) for g in groups) == [("cosine", 4), ("covloss", 4),
+                                                            ("none", 4)]
+    tests = {(t["a"].split()[0], t["b"].split()[0]): t["p"]
+             for t in loss_type_tests(groups, "val/fg_ari", "max")}
+    assert tests[("cosine", "covloss")] < 1e-4  # 0.4 vs 0.8: clearly different
+    assert tests[("cosine", "none")] > 0.05  # the same distribution
+
+
+@pytest.mark.slow
+def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
+    path = sweep_file(tmp_path, dsprites16, search={"algorithm": "grid", "num_samples": 1,
+                                                    "max_concurrent": 2})
+    tree = yaml.safe_load(path.read_text())
+    tree.pop("search_space")
+    tree.update(variants={"plain": {"loss.type": "none"},
+                          "cosine": {"loss.type": "cosine", "loss.beta": 0.1}}, seeds=2)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, _, trials = mlflow_runs(tmp_path / "storage")
+    assert sorted((r.data.params["variant"], r.data.params["seed"]) for r in trials) == [
+        ("cosine", "0"), ("cosine", "1"), ("plain", "0"), ("plain", "1")]
+    proc, html = make_report(tmp_path, path)
+    assert proc.returncode == 0, proc.stderr
+    with chromium() as browser:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        browser.get((tmp_path / "report.html").as_uri())
+        WebDriverWait(browser, 60).until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, "#fig-seeds svg.main-svg"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#seeds tbody tr")
+        assert [r.get_attribute("data-n") for r in rows] == ["2", "2"]
+        for row in rows:
+            variant = row.find_element(By.TAG_NAME, "td").text.removeprefix("variant=")
+            values = [r.data.metrics["val/fg_ari"] for r in trials
+                      if r.data.params["variant"] == variant]
+            mean = np.mean(values)
+            cell = row.find_element(By.CSS_SELECTOR, "td[data-key='val/fg_ari']").text
+            assert cell.startswith(f"{mean:.3f} ± "), (cell, values)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#tests tbody tr")) == 1

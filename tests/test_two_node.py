@@ -94,14 +94,15 @@ def _wait_for_nodes(address: str, env: dict[str, str], nodes: dict[str, tuple], 
                 f"within {timeout:.0f} s; last probe: {seen}\n{logs}")
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path):
-    """A head on 127.0.0.2 and a worker on 127.0.0.3, one CPU each; yields (address, env).
+@contextlib.contextmanager
+def _cluster(tmp_path: Path, **extra_env: str):
+    """A head on 127.0.0.2 and a worker on 127.0.0.3, one CPU each; yields
+    (address, env, nodes) with nodes = {ip: (`ray start --block` process, its log)}.
 
-    Both `ray start --block` processes lead their own session; teardown stops them by
-    PID (never `ray stop`, which would kill every Ray process on the machine)."""
+    Both `ray start --block` processes lead their own session; on exit they are stopped
+    by PID (never `ray stop`, which would kill every Ray process on the machine)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", **extra_env)
     # Ray's unix sockets live under the temp dir: keep its path short (~107 chars max).
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rt")
     port = _free_port(HEAD_IP)
@@ -126,11 +127,35 @@ def two_node_cluster(tmp_path):
         _wait_for_port(HEAD_IP, port, started[0], nodes[HEAD_IP][1], timeout=90)
         start(WORKER_IP, f"--address={address}")
         _wait_for_nodes(address, env, nodes, timeout=120)
-        yield address, env
+        yield address, env, nodes
     finally:
         for proc in reversed(started):  # the worker first, then the head
-            _stop_node(proc)
+            _stop_node(proc)  # also ends what a killed node left behind, by PID
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A head on 127.0.0.2 and a worker on 127.0.0.3, one CPU each; yields (address, env)."""
+    with _cluster(tmp_path) as (address, env, _):
+        yield address, env
+
+
+# The GCS marks a node dead after `failure_threshold` failed health checks, one every
+# `period_ms` (Ray's defaults: 5 x 3 s after a 5 s delay, plus up to 10 s per timed-out
+# check). A SIGKILLed raylet refuses connections at once, so this notices it in ~5 s,
+# while a live raylet slowed by a busy machine still has 5 x 2 s to answer.
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000",
+                   "RAY_health_check_timeout_ms": "2000",
+                   "RAY_health_check_failure_threshold": "5"}
+
+
+@pytest.fixture
+def fragile_two_node_cluster(tmp_path):
+    """Its own two-node cluster (the test kills its worker node), quick to notice a dead
+    node; yields (address, env, the worker's `ray start --block` process)."""
+    with _cluster(tmp_path, **FAST_NODE_DEATH) as (address, env, nodes):
+        yield address, env, nodes[WORKER_IP][0]
 
 
 def test_sweep_uses_both_nodes_of_a_two_node_cluster(tmp_path, dsprites16, two_node_cluster):
@@ -166,3 +191,112 @@ def test_sweep_uses_both_nodes_of_a_two_node_cluster(tmp_path, dsprites16, two_n
         assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
         assert r.data.tags["slotsweep.outcome"] == "finished"
         assert r.data.metrics["step"] == 8
+
+
+def _raylet_pid(session: int, ip: str) -> int | None:
+    """The PID of the `raylet` of node `ip` among the processes of `session` (the
+    node's `ray start --block` leads it), read from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) != session:
+                continue
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+        if Path(argv[0]).name == "raylet" and f"--node_ip_address={ip}" in argv:
+            return int(entry.name)
+    return None
+
+
+def _results_or_none(storage: Path) -> dict[str, list[dict]]:
+    try:
+        return trial_results(storage)
+    except (IndexError, ValueError, OSError):  # no instance yet, or a line half-written
+        return {}
+
+
+def test_worker_node_killed_mid_trial_resumes_on_the_head(tmp_path, dsprites16,
+                                                          fragile_two_node_cluster):
+    """SIGKILL the worker node's raylet while a trial runs there: Ray notices the dead
+    node, Tune retries the trial (FailureConfig) from its last checkpoint on the head,
+    the sweep completes, and MLflow keeps one run per trial with the retry recorded."""
+    address, env, worker = fragile_two_node_cluster
+    steps = 40
+    path = sweep_file(
+        tmp_path, dsprites16,
+        config={"train": {"steps": steps, "batch_size": 8, "warmup_steps": 2, "log_every": 2,
+                          "checkpoint_every": 2, "device": "cpu"},
+                "eval": {"every": 2, "batch_size": 16, "max_images": 16, "num_pictures": 2}},
+        search={"num_samples": 3, "max_concurrent": 2, "seed": 0},
+        resources={"cpu": 1, "gpu": 0}, max_failures=2)
+    storage = tmp_path / "storage"
+    cmd = [sys.executable, "-m", "slotsweep.run", str(path), "--address", address, "--quiet"]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    victim, killed_at = None, None
+    try:
+        deadline = time.monotonic() + 180
+        while victim is None and time.monotonic() < deadline and driver.poll() is None:
+            for trial_id, rows in _results_or_none(storage).items():
+                on_worker = [r for r in rows if r.get("node_ip") == WORKER_IP]
+                if len(on_worker) >= 2 and on_worker[-1]["step"] < steps:
+                    raylet = _raylet_pid(worker.pid, WORKER_IP)
+                    assert raylet is not None, f"no raylet of {WORKER_IP} in /proc"
+                    os.kill(raylet, signal.SIGKILL)
+                    victim, killed_at = trial_id, on_worker[-1]["step"]
+                    break
+            time.sleep(0.1)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        end_session(driver.pid)
+    assert victim is not None, (
+        f"no trial reported twice on {WORKER_IP} before the sweep ended "
+        f"(rc {driver.returncode}): {_results_or_none(storage)}")
+    assert driver.returncode == 0, f"stdout:\n{out[-2000:]}\nstderr:\n{err[-4000:]}"
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        worker.wait(timeout=10)
+    assert worker.poll() is not None, "the worker node's `ray start` outlived its raylet"
+
+    # Tune: every trial ran to the end; the victim went on on the head, from its last
+    # checkpoint (never from the start, no step reported twice).
+    results = trial_results(storage)
+    assert len(results) == 3, sorted(results)
+    for trial_id, rows in results.items():
+        assert max(r["step"] for r in rows) == steps, f"trial {trial_id} did not finish"
+    ended = {e["trial_id"]: e["outcome"] for e in ledger(storage)}
+    assert ended == dict.fromkeys(results, "finished")
+    rows = results[victim]
+    trail = [(r["step"], r["node_ip"]) for r in rows]
+    nodes = [ip for _, ip in trail]
+    first_head = nodes.index(HEAD_IP) if HEAD_IP in nodes else None
+    assert first_head is not None, f"trial {victim} never ran on the head: {trail}"
+    assert set(nodes[:first_head]) == {WORKER_IP}, trail
+    assert set(nodes[first_head:]) == {HEAD_IP}, trail
+    assert rows[-1]["node_ip"] == HEAD_IP and rows[-1]["step"] == steps, trail
+    reported = [s for s, _ in trail]
+    assert reported == sorted(set(reported)), f"a step reported twice: {trail}"
+    before, after = reported[first_head - 1], reported[first_head]
+    assert before >= killed_at, trail
+    # Resumed from the last reported checkpoint (or the trainer's own newer one).
+    assert reported[0] < before < after <= before + 4, trail
+
+    # MLflow: one run per trial; the victim's run records the retry and ends finished.
+    client, parents, trials = mlflow_runs(storage)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["slotsweep.trial_id"] for r in trials) == sorted(results), (
+        "exactly one MLflow run per trial")
+    for r in trials:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+        assert r.data.tags["slotsweep.outcome"] == "finished"
+        assert r.data.metrics["step"] == steps
+        for key in ("step", "val/fg_ari", "train/loss"):
+            logged = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+            assert len(logged) == len(set(logged)), (r.info.run_name, key, sorted(logged))
+    [run_] = [r for r in trials if r.data.tags["slotsweep.trial_id"] == victim]
+    assert int(run_.data.tags["slotsweep.retries"]) >= 1, run_.data.tags
+    others = [r for r in trials if r is not run_]
+    assert not any(r.data.tags.get("slotsweep.retries") for r in others)
+    history = sorted(m.step for m in client.get_metric_history(run_.info.run_id, "step"))
+    assert history == reported, "MLflow has the steps Tune reported, each once"
