@@ -223,7 +223,7 @@ def test_worker_node_killed_mid_trial_resumes_on_the_head(tmp_path, dsprites16,
     node, Tune retries the trial (FailureConfig) from its last checkpoint on the head,
     the sweep completes, and MLflow keeps one run per trial with the retry recorded."""
     address, env, worker = fragile_two_node_cluster
-    steps = 40
+    steps = 60  # ~5 s a trial here: the kill lands mid-trial
     path = sweep_file(
         tmp_path, dsprites16,
         config={"train": {"steps": steps, "batch_size": 8, "warmup_steps": 2, "log_every": 2,
