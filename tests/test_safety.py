@@ -90,7 +90,7 @@ def test_every_server_command_binds_loopback():
     texts = {p: p.read_text() for p in [*SOURCES, ROOT / "README.md"]}
     found = 0
     for path, text in texts.items():
-        for match in re.finditer(r"mlflow (ui|server)\b[^\n\"']*", text):
+        for match in re.finditer(r"mlflow (ui|server) --[^\n\"']*", text):
             found += 1
             assert "--host 127.0.0.1" in match.group(0), (path, match.group(0))
     assert found >= 2
