@@ -431,7 +431,9 @@ class TrackingCallback(Callback):
 def _error_line(trial) -> str | None:
     """The last line of a trial's error: `TrialFailed: NonFiniteLossError: step 3: ...`."""
     try:
-        exc = trial.get_error()
+        exc = trial.get_error()  # from the storage: synced there a little later
+        if not exc and trial.error_file and Path(trial.error_file).is_file():
+            exc = Path(trial.error_file).read_text()  # Ray's local copy, written at once
         return str(exc).strip().splitlines()[-1] if exc else None
     except Exception:  # noqa: BLE001 - the error file may be unreadable; keep going
         return "trial failed (see the trial's error.txt)"

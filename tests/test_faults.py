@@ -125,6 +125,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path, dsprites16):
     assert len(retried) == 1, "MLflow records the retry on the trial's one run"
     run_ = retried[0]
     assert run_.data.tags["slotsweep.retries"] == "1"
+    assert "died" in run_.data.tags["slotsweep.retry_error"].lower()  # Ray's reason
     assert run_.data.tags["slotsweep.outcome"] == "finished" and run_.data.metrics["step"] == 8
     rows = results[run_.data.tags["slotsweep.trial_id"]]
     steps = [r["step"] for r in rows]
