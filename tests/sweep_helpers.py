@@ -54,16 +54,22 @@ def cli(path: Path, *args: str) -> list[str]:
             "--num-cpus", "2", "--quiet", *args]
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
+def session_processes(sid: int) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process in session `sid`, read from /proc."""
+    found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
+                    argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+                    found.append((int(entry.name), argv.split("\0")))
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
                 continue
-    return pids
+    return found
+
+
+def _session_pids(sid: int) -> list[int]:
+    return [pid for pid, _ in session_processes(sid)]
 
 
 def end_session(sid: int) -> None:
@@ -139,6 +145,19 @@ def trial_results(storage: Path, sweep: str = "tiny") -> dict[str, list[dict]]:
 def reported_steps(storage: Path, sweep: str = "tiny") -> int:
     return sum(len(rows) for rows in trial_results(storage, sweep).values()) if list(
         (storage / sweep).glob("run-*")) else 0
+
+
+def check_one_finished_run_per_trial(storage: Path, trial_ids, steps: int):
+    """One FINISHED sweep run, exactly one FINISHED run per trial, each at `steps`."""
+    client, parents, trials = mlflow_runs(storage)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["slotsweep.trial_id"] for r in trials) == sorted(trial_ids), (
+        "exactly one MLflow run per trial")
+    for r in trials:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+        assert r.data.tags["slotsweep.outcome"] == "finished"
+        assert r.data.metrics["step"] == steps
+    return client, trials
 
 
 def mlflow_runs(storage: Path, sweep: str = "tiny"):

@@ -27,6 +27,7 @@ from tests.sweep_helpers import (
     reported_steps,
     run,
     run_and_kill,
+    session_processes,
     sweep_file,
 )
 from tests.test_sweep import check_consistent, params_sequence
@@ -85,18 +86,8 @@ def test_driver_killed_at_five_random_moments(tmp_path, dsprites16, reference):
 
 
 def _worker_pids(sid: int, name: str = "ray::ImplicitFunc.train") -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) != sid:
-                continue
-            if (entry / "cmdline").read_bytes().startswith(name.encode()):
-                pids.append(int(entry.name))
-        except (ProcessLookupError, PermissionError, FileNotFoundError):
-            continue
-    return pids
+    """Ray workers running a trial (Ray sets the process title)."""
+    return [pid for pid, argv in session_processes(sid) if argv[0].startswith(name)]
 
 
 def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path, dsprites16):

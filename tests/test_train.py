@@ -18,6 +18,16 @@ from slotsweep.models import build_model
 from slotsweep.train import NonFiniteLossError, fit, get_lr, train_step
 
 
+def crash_at(step: int):
+    """A report callback that crashes the run once it reports `step`."""
+
+    def report(metrics, ckpt):
+        if metrics["step"] == step:
+            raise Crash
+
+    return report
+
+
 class Crash(RuntimeError):
     pass
 
@@ -56,12 +66,8 @@ def test_resume_continues_the_same_trajectory(tiny_config, tmp_path, loss):
     cfg = tiny_config(loss=loss)
     fit(cfg, workdir=tmp_path / "straight", log=None)
 
-    def crash_at_4(metrics, ckpt):
-        if metrics["step"] == 4:
-            raise Crash
-
     with pytest.raises(Crash):
-        fit(cfg, crash_at_4, workdir=tmp_path / "resumed", log=None)
+        fit(cfg, crash_at(4), workdir=tmp_path / "resumed", log=None)
     steps = []
     fit(cfg, lambda m, c: steps.append(m["step"]), workdir=tmp_path / "resumed", log=None)
     assert steps == [8]  # resumed at 4: only the second half ran
@@ -227,12 +233,8 @@ def test_staged_training_continues_the_streamed_trajectory(tiny_config, tmp_path
     staged = tiny_config(data={"stage": "device"})
     fit(streamed, workdir=tmp_path / "streamed", log=None)
 
-    def crash_at_4(metrics, ckpt):
-        if metrics["step"] == 4:
-            raise Crash
-
     with pytest.raises(Crash):
-        fit(staged, crash_at_4, workdir=tmp_path / "staged", log=None)
+        fit(staged, crash_at(4), workdir=tmp_path / "staged", log=None)
     lines = []
     fit(staged, workdir=tmp_path / "staged", log=lines.append)
     assert any(line.startswith("staged the training split on cpu") for line in lines)

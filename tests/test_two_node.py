@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import end_session, ledger, mlflow_runs, sweep_file, trial_results
+from tests.sweep_helpers import (
+    check_one_finished_run_per_trial,
+    end_session,
+    ledger,
+    session_processes,
+    sweep_file,
+    trial_results,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -183,31 +190,14 @@ def test_sweep_uses_both_nodes_of_a_two_node_cluster(tmp_path, dsprites16, two_n
     node_ips = {row["node_ip"] for rows in results.values() for row in rows}
     assert node_ips == {HEAD_IP, WORKER_IP}, f"trials ran on {sorted(node_ips)} only"
 
-    _, parents, trials = mlflow_runs(storage)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.data.tags["slotsweep.trial_id"] for r in trials) == sorted(results), (
-        "exactly one MLflow run per trial")
-    for r in trials:
-        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
-        assert r.data.tags["slotsweep.outcome"] == "finished"
-        assert r.data.metrics["step"] == 8
+    check_one_finished_run_per_trial(storage, results, steps=8)
 
 
 def _raylet_pid(session: int, ip: str) -> int | None:
     """The PID of the `raylet` of node `ip` among the processes of `session` (the
-    node's `ray start --block` leads it), read from /proc."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) != session:
-                continue
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (ProcessLookupError, PermissionError, FileNotFoundError):
-            continue
-        if Path(argv[0]).name == "raylet" and f"--node_ip_address={ip}" in argv:
-            return int(entry.name)
-    return None
+    node's `ray start --block` leads it)."""
+    return next((pid for pid, argv in session_processes(session)
+                 if Path(argv[0]).name == "raylet" and f"--node_ip_address={ip}" in argv), None)
 
 
 def _results_or_none(storage: Path) -> dict[str, list[dict]]:
@@ -283,14 +273,8 @@ def test_worker_node_killed_mid_trial_resumes_on_the_head(tmp_path, dsprites16,
     assert reported[0] < before < after <= before + 4, trail
 
     # MLflow: one run per trial; the victim's run records the retry and ends finished.
-    client, parents, trials = mlflow_runs(storage)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.data.tags["slotsweep.trial_id"] for r in trials) == sorted(results), (
-        "exactly one MLflow run per trial")
+    client, trials = check_one_finished_run_per_trial(storage, results, steps=steps)
     for r in trials:
-        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
-        assert r.data.tags["slotsweep.outcome"] == "finished"
-        assert r.data.metrics["step"] == steps
         for key in ("step", "val/fg_ari", "train/loss"):
             logged = [m.step for m in client.get_metric_history(r.info.run_id, key)]
             assert len(logged) == len(set(logged)), (r.info.run_name, key, sorted(logged))
