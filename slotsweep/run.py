@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         from slotsweep import sweep as engine
 
         engine.check_data(sweep.trial_config({}))  # before Ray starts or storage is touched
+        engine.check_storage(Path(args.storage or sweep.spec.storage).resolve() / sweep.name)
         try:
             started = engine.connect(args.address, num_cpus=args.num_cpus)
         except ConnectionError as exc:

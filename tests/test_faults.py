@@ -297,3 +297,15 @@ def test_storage_fault_stops_the_sweep_and_the_next_run_resumes(tmp_path, dsprit
         done = run(path)
         assert done.returncode == 0, done.stderr[-3000:]
         check_consistent(storage, 3)
+
+
+def test_storage_without_room_is_refused_before_ray_starts(tmp_path, dsprites16):
+    with storage_mount(tmp_path, 8) as (disk, mnt):
+        path = sweep_file(tmp_path, dsprites16, storage=str(mnt / "storage"))
+        before = sorted(p.name for p in mnt.iterdir())
+        proc = subprocess.run(cli(path), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 3, proc.stderr[-2000:]
+        message = proc.stderr.strip().splitlines()[-1]
+        assert "MB free, less than 50 MB (SLOTSWEEP_MIN_FREE_MB)" in message, message
+        assert "Ray" not in proc.stderr
+        assert sorted(p.name for p in mnt.iterdir()) == before  # nothing written
