@@ -66,11 +66,6 @@ def first_params(sweep: Sweep) -> dict[str, Any]:
     return OptunaSpace(sweep)(study.ask())
 
 
-def num_trials(sweep: Sweep) -> int:
-    """Trials the sweep runs: a grid search runs num_samples passes over its grid."""
-    return sweep.num_trials()
-
-
 def with_resources(sweep: Sweep, cpu: float | None, gpu: float | None) -> Sweep:
     """The sweep with its per-trial resources replaced (None keeps the file's value)."""
     res = sweep.spec.resources
@@ -92,7 +87,7 @@ def dry_run(sweep: Sweep) -> str:
         when = f"  when {p.when}" if p.when else ""
         lines.append(f"  {key}: {p.kind} {getattr(p, p.kind)}{when}")
     s = sweep.spec.search
-    lines.append(f"search: {s.algorithm}, {num_trials(sweep)} trials, {s.mode} {s.metric}, "
+    lines.append(f"search: {s.algorithm}, {sweep.num_trials()} trials, {s.mode} {s.metric}, "
                  f"seed {s.seed}; scheduler: {sweep.spec.scheduler.type}; "
                  f"resources per trial: {sweep.spec.resources.cpu:g} CPU, "
                  f"{sweep.spec.resources.gpu:g} GPU")

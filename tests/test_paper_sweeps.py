@@ -16,7 +16,7 @@ import torch
 
 from slotsweep.config import TrialConfig, build_config
 from slotsweep.data.features import add_features, create_encoder
-from slotsweep.run import first_params, num_trials
+from slotsweep.run import first_params
 from slotsweep.sweep_spec import SWEEPS_DIR, Sweep, load_sweep
 from slotsweep.train import fit
 from tests.sweep_helpers import mlflow_runs, run
@@ -152,7 +152,7 @@ def test_sweep_file_loads_and_every_trial_it_can_run_is_valid(path):
         keys = sweep.order()
         grid = [sweep.spec.search_space[k].candidates() for k in keys]
         points = list(itertools.product(*grid))
-        assert len(points) * sweep.spec.search.num_samples == num_trials(sweep) <= 16
+        assert len(points) * sweep.spec.search.num_samples == sweep.num_trials() <= 16
         for values in points:
             sweep.trial_config(dict(zip(keys, values, strict=True)))
 
