@@ -8,6 +8,11 @@ the sweep's progress. Plotly's JavaScript is inlined, so the page opens offline.
 
     python -m slotsweep.report quickstart                  # → dashboards/reports/quickstart.html
     python -m slotsweep.report coco_beta_sweep --out /tmp/coco.html
+    python -m slotsweep.report paper_small --markdown results.md   # + a Markdown summary
+
+The Markdown summary (for a README or an issue) is the seeded table (mean ± 95% CI per
+setting), the loss-type tests and the trivial baselines, or the trials ranked by the
+sweep metric when nothing was repeated over seeds.
 """
 
 from __future__ import annotations
@@ -428,6 +433,54 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     }
 
 
+def markdown(context: dict[str, Any]) -> str:
+    """The summary tables of `context` as Markdown."""
+    def cell(value: Any, ci: Any = None) -> str:
+        if not _finite(value):
+            return "–"
+        return f"{value:.3f} ± {ci:.3f}" if _finite(ci) else f"{value:.3f}"
+
+    counts = ", ".join(f"{n} {s}" for s, n in context["counts"].items() if n)
+    lines = [f"Sweep `{context['sweep']}` ({context['instance']}): {counts}.", ""]
+    if context["seed_groups"]:
+        metrics = context["seed_metrics"]
+        lines += ["| setting | loss | seeds | " + " | ".join(metrics.values()) + " |",
+                  "|---|---|---|" + "---|" * len(metrics)]
+        for g in context["seed_groups"]:
+            lines.append(f"| {g['setting']} | {g['loss']} | {g['n']} | "
+                         + " | ".join(cell(*g["cells"][m]) for m in metrics) + " |")
+        lines.append("")
+        lines.append("Mean ± half-width of the 95% Student-t interval over seeds.")
+    else:
+        columns = [c for c in context["columns"]
+                   if c["key"] not in ("trial", "step", "status", "error")]
+        keys = [c["key"] for c in columns]
+        lines += ["| trial | " + " | ".join(c["label"] for c in columns) + " | step | status |",
+                  "|---|" + "---|" * (len(keys) + 2)]
+        metric, sign = context["metric"], (-1 if context["mode"] == "max" else 1)
+        ranked = sorted(context["rows"], key=lambda r: (r.get(metric) is None,
+                                                        sign * (r.get(metric) or 0)))
+        for r in ranked:
+            values = [cell(r.get(k)) if isinstance(r.get(k), float) else _fmt(r.get(k))
+                      for k in keys]
+            lines.append(f"| {r['trial']} | " + " | ".join(values)
+                         + f" | {_fmt(r['step'])} | {r['status']} |")
+    if context["tests"]:
+        lines += ["", f"| best setting of | vs | difference in {context['metric']} | seeds | "
+                  "p (Welch) |", "|---|---|---|---|---|"]
+        for t in context["tests"]:
+            p = "–" if t["p"] is None else f"{t['p']:.3g}"
+            lines.append(f"| {t['a']} | {t['b']} | {t['diff']:+.3f} | {t['n']} | {p} |")
+    if context["baselines"]:
+        lines += ["", "| trivial baseline | " + " | ".join(
+            next(iter(context["baselines"].values()))) + " |",
+            "|---|" + "---|" * len(next(iter(context["baselines"].values())))]
+        for name, scores in context["baselines"].items():
+            lines.append(f"| {name} | " + " | ".join(cell(float(v)) for v in scores.values())
+                         + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render(context: dict[str, Any]) -> str:
     import jinja2
     import plotly.offline
@@ -455,8 +508,9 @@ def _clean(value: Any) -> Any:
 
 def report(sweep: Sweep, *, storage: str | None = None, tracking_uri: str | None = None,
            instance: str | None = None, all_instances: bool = False,
-           with_baselines: bool = True) -> tuple[str, int]:
-    """The HTML page for `sweep`'s latest instance (or `instance`), and its trial count."""
+           with_baselines: bool = True) -> tuple[dict[str, Any], int]:
+    """What the page shows for `sweep`'s latest instance (or `instance`), and its trial
+    count: `render` makes the HTML of it, `markdown` the summary tables."""
     from mlflow.tracking import MlflowClient
 
     from slotsweep.sweep import instance_dirs
@@ -480,7 +534,7 @@ def report(sweep: Sweep, *, storage: str | None = None, tracking_uri: str | None
     context = build_context(sweep, trials, client=client,
                             experiment_id=experiment.experiment_id, instance=tag,
                             tracking_uri=uri, with_baselines=with_baselines)
-    return render(context), len(trials)
+    return context, len(trials)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,22 +548,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-instances", action="store_true")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the trivial baselines (they read the validation shards)")
+    p.add_argument("--markdown", metavar="FILE",
+                   help="also write the summary tables as Markdown ('-': standard output)")
     args = p.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
-        html, count = report(sweep, storage=args.storage, tracking_uri=args.tracking_uri,
+        context, count = report(sweep, storage=args.storage, tracking_uri=args.tracking_uri,
                              instance=args.instance, all_instances=args.all_instances,
                              with_baselines=not args.no_baselines)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or Path("dashboards") / "reports" / f"{sweep.name}.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    _write(out, render(context))
     print(f"{out}: {count} trials of {sweep.name}")
+    if args.markdown == "-":
+        print(markdown(context), end="")
+    elif args.markdown:
+        _write(Path(args.markdown), markdown(context))
+        print(f"{args.markdown}: summary tables")
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically: a reader never sees half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

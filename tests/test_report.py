@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from slotsweep.report import TrialView, param_figures
+from slotsweep.report import TrialView, mean_ci, param_figures
 from tests.browser import chromium, mlflow_server, require_chromium
 from tests.sweep_helpers import mlflow_runs, run, sweep_file
 
@@ -208,8 +208,6 @@ def test_settings_that_do_not_act_are_levels_not_points():
 def test_mean_ci_is_students_t_interval():
     from scipy import stats
 
-    from slotsweep.report import mean_ci
-
     values = [0.61, 0.55, 0.70, 0.58]
     mean, half = mean_ci(values)
     low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
@@ -257,8 +255,17 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
     client, _, trials = mlflow_runs(tmp_path / "storage")
     assert sorted((r.data.params["variant"], r.data.params["seed"]) for r in trials) == [
         ("cosine", "0"), ("cosine", "1"), ("plain", "0"), ("plain", "1")]
-    proc, html = make_report(tmp_path, path)
+    proc, html = make_report(tmp_path, path, "--markdown", str(tmp_path / "results.md"))
     assert proc.returncode == 0, proc.stderr
+    # The Markdown summary: one row per variant with the mean ± CI of its seeds' FG-ARI,
+    # and the Welch test between the two loss types.
+    summary = (tmp_path / "results.md").read_text()
+    for variant, loss in (("plain", "none"), ("cosine", "cosine")):
+        values = [r.data.metrics["val/fg_ari"] for r in trials
+                  if r.data.params["variant"] == variant]
+        mean, half = mean_ci(values)
+        assert f"| variant={variant} | {loss} | 2 | {mean:.3f} ± {half:.3f} |" in summary
+    assert "| p (Welch) |" in summary
     with chromium() as browser:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
