@@ -50,6 +50,7 @@ def side_by_side(images: torch.Tensor, seg: torch.Tensor, masks: torch.Tensor,
     """PNG, a row per image: input | ground truth | the model's argmax masks | 2x2 blocks'
     (one colour per mask; 4x nearest upscaling, white lines between the tiles)."""
     colours = torch.as_tensor(palette(max(masks.shape[1], int(seg.max()) + 1, 4)))
+    masks = F.interpolate(masks, size=seg.shape[-2:], mode="bilinear")  # token-grid masks
     tiles = [images.float(), colours[seg], colours[masks.argmax(1)], colours[blocks.argmax(1)]]
     tiles = [F.pad(t.permute(0, 3, 1, 2), (0, 1, 0, 1), value=255).permute(0, 2, 3, 1)
              for t in tiles]  # (N, H+1, W+1, 3)
