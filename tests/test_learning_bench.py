@@ -1,0 +1,81 @@
+"""benchmarks/learning.py end to end on tiny shards: the curve, the baselines, the
+by-object breakdown and the masks-next-to-blocks picture agree with each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slotsweep.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "learning.py"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    config = load_config(path)
+    assert config.train.steps > 0
+
+
+def table(text: str, header: str) -> list[list[str]]:
+    """The rows of the Markdown table whose header line starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
+    overrides = [
+        f"data.train={dsprites16 / 'train'}", f"data.val={dsprites16 / 'val'}",
+        "data.synthetic=false", "model.resolution=16", "model.encoder_channels=8",
+        "model.decoder_channels=8", "model.decoder_layers=2", "model.mlp_hidden_size=32",
+        "train.steps=4", "train.batch_size=4", "train.warmup_steps=1", "train.log_every=2",
+        "train.checkpoint_every=2", "train.device=cpu", "eval.every=2", "eval.batch_size=8",
+        "eval.max_images=16",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "configs/dsprites_binding.yaml", *overrides,
+         "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+
+    curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    rows = table(out, "| step |")
+    assert [int(r[0]) for r in rows] == [c["step"] for c in curve] == [2, 4]
+    assert [float(r[2]) for r in rows] == [round(c["val/fg_ari"], 3) for c in curve]
+
+    baselines = {r[0]: (float(r[1]), float(r[2])) for r in table(out, "| trivial baseline |")}
+    by_objects = table(out, "| objects |")
+    counts = [int(r[1]) for r in by_objects]
+    assert sum(counts) <= 16 and all(c > 0 for c in counts)
+    # The per-object-count means of the 2x2 blocks average back to the baseline table's.
+    weighted = sum(c * float(r[4]) for c, r in zip(counts, by_objects, strict=True)) / sum(counts)
+    assert weighted == pytest.approx(baselines["blocks 2x2"][0], abs=2e-3)
+    # ... and the model's to its last evaluation (same checkpoint, same images).
+    model = sum(c * float(r[2]) for c, r in zip(counts, by_objects, strict=True)) / sum(counts)
+    assert model == pytest.approx(curve[-1]["val/fg_ari"], abs=2e-3)
+
+    picture = tmp_path / "masks_vs_blocks.png"
+    assert re.search(rf"{re.escape(str(picture))}: input \| ground truth", out)
+    image = np.asarray(Image.open(picture))
+    tile = (16 + 1) * 4  # 16 px + a white line, upscaled 4x
+    assert image.shape == (8 * tile, 4 * tile, 3)
+    blocks = image[:tile - 4, 3 * tile:4 * tile - 4]  # first scene's 2x2 block tile
+    quadrants = {tuple(blocks[y, x]) for y in (5, tile - 10) for x in (5, tile - 10)}
+    assert len(quadrants) == 4  # four blocks, four colours
