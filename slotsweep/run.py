@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                   verbose=0 if args.quiet else 1)
         print(summary(sweep, result, started))
     except (ConfigError, ShardError) as exc:
+        _disconnect_ray()
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -202,9 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         message = _storage_message(exc)
         if message is None:
             raise
+        _disconnect_ray()
         print(f"error: {message}", file=sys.stderr)
         return 3
     return 0
+
+
+def _disconnect_ray() -> None:
+    """Stop Ray's forwarding of worker output, so that the error is the last line printed
+    (a worker's late log line would otherwise land after it)."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    sys.stdout.flush()
 
 
 def _storage_message(exc: BaseException) -> str | None:
