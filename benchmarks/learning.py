@@ -31,7 +31,7 @@ from slotsweep.baselines import block_masks, trivial_baselines
 from slotsweep.batches import Batches, to_model_inputs
 from slotsweep.config import load_config
 from slotsweep.data.synthetic import ensure_synthetic
-from slotsweep.metrics import fg_ari, mbo
+from slotsweep.metrics import object_metrics
 from slotsweep.models import build_model
 from slotsweep.pictures import palette
 from slotsweep.train import fit, progress_line
@@ -80,10 +80,10 @@ def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
             picture.write_bytes(side_by_side(batch["image"][:8], seg[:8], masks[:8],
                                              blocks[:8]))
         rows["n"].append(torch.tensor([len(s.unique()) - int((s == 0).any()) for s in seg]))
-        rows["ari"].append(fg_ari(masks, seg))
-        rows["mbo"].append(mbo(masks, seg))
-        rows["bari"].append(fg_ari(blocks, seg))
-        rows["bmbo"].append(mbo(blocks, seg))
+        for prefix, predicted in (("", masks), ("b", blocks)):
+            ari, best_overlap = object_metrics(predicted, seg)  # one contingency table each
+            rows[prefix + "ari"].append(ari)
+            rows[prefix + "mbo"].append(best_overlap)
     cat = {k: torch.cat(v) for k, v in rows.items()}
     out = []
     for n in sorted(set(cat["n"].tolist()) - {0}):

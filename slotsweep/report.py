@@ -472,9 +472,9 @@ def markdown(context: dict[str, Any]) -> str:
             p = "–" if t["p"] is None else f"{t['p']:.3g}"
             lines.append(f"| {t['a']} | {t['b']} | {t['diff']:+.3f} | {t['n']} | {p} |")
     if context["baselines"]:
-        lines += ["", "| trivial baseline | " + " | ".join(
-            next(iter(context["baselines"].values()))) + " |",
-            "|---|" + "---|" * len(next(iter(context["baselines"].values())))]
+        labels = list(next(iter(context["baselines"].values())))
+        lines += ["", "| trivial baseline | " + " | ".join(labels) + " |",
+                  "|---|" + "---|" * len(labels)]
         for name, scores in context["baselines"].items():
             lines.append(f"| {name} | " + " | ".join(cell(float(v)) for v in scores.values())
                          + " |")
