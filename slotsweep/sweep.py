@@ -276,9 +276,12 @@ def append_ledger(path: Path, entry: dict[str, Any]) -> None:
 # ----------------------------------------------------------------- storage faults
 
 # What a full, read-only or over-quota storage looks like from Python, Ray and sqlite.
+# SQLite says "unable to open database file" (CANTOPEN) when it cannot create its journal
+# beside a database it already has open: mid-sweep, that is a directory gone read-only.
 STORAGE_SIGNS = {"No space left on device": "full", "database or disk is full": "full",
                  "Disk quota exceeded": "over quota", "Read-only file system": "read-only",
-                 "attempt to write a readonly database": "read-only"}
+                 "attempt to write a readonly database": "read-only",
+                 "unable to open database file": "read-only"}
 MIN_FREE_MB = int(os.environ.get("SLOTSWEEP_MIN_FREE_MB", "50"))
 
 
