@@ -130,8 +130,9 @@ def main() -> None:
     print("\n| trivial baseline | FG-ARI | mBO |\n|---|---|---|")
     for name, s in trivial_baselines(seg).items():
         print(f"| {name} | {s['fg_ari']:.3f} | {s['mbo']:.3f} |")
-    last = read_curve(curve_file)[-1]
-    print("\nlast:", progress_line(last, config.train.steps))
+    curve = read_curve(curve_file)
+    print("\nlast:", progress_line(curve[-1], config.train.steps) if curve
+          else "no evaluation yet")
     latest = checkpoint.latest(workdir / "checkpoints")
     if latest is not None:
         print(f"\nby objects in the image ({latest.name}; FG-ARI is 0 on a one-object image "

@@ -79,3 +79,20 @@ def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
     blocks = image[:tile - 4, 3 * tile:4 * tile - 4]  # first scene's 2x2 block tile
     quadrants = {tuple(blocks[y, x]) for y in (5, tile - 10) for x in (5, tile - 10)}
     assert len(quadrants) == 4  # four blocks, four colours
+
+
+def test_learning_report_before_any_evaluation(dsprites16, tmp_path):
+    """--report-only on a run that has not evaluated yet (a lease that ended early) prints
+    the baselines and says so, instead of failing on an empty curve."""
+    overrides = [f"data.train={dsprites16 / 'train'}", f"data.val={dsprites16 / 'val'}",
+                 "data.synthetic=false", "model.resolution=16", "eval.max_images=16"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "configs/dsprites_binding.yaml", *overrides,
+         "--report-only", "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert table(proc.stdout, "| step |") == []
+    assert "blocks 2x2" in proc.stdout
+    assert "last: no evaluation yet" in proc.stdout
+    assert "by objects" not in proc.stdout  # no checkpoint to break down
