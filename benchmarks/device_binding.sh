@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Issue 4's GPU check, in one device lease (about 8 minutes): three learning benchmarks
+# share one GPU for TRAIN_SECONDS, then each prints its curve, baselines, by-object table
+# and mask picture (benchmarks/learning.py --report-only). Everything lands in
+# $OUT/learn.tar.gz (curves, logs, reports, pictures, the latest checkpoint per run).
+#   B: the chosen 32x32 configuration, to see where FG-ARI goes with more steps;
+#   A: the same configuration at the paper's scale (configs/dsprites_binding64.yaml);
+#   C: B's configuration with the paper's decoder (4 layers of 5x5), from scratch: do
+#      sharper masks help FG-ARI on one-object scenes?
+# A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
+# latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists.
+# Needs pydantic's wheels in .whl/ where the machine lacks them (device README).
+#   OUT=/tmp/o TRAIN_SECONDS=400 bash benchmarks/device_binding.sh
+set -u
+TRAIN_SECONDS=${TRAIN_SECONDS:-400}
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:?set OUT to a folder for the results}
+PY=${PY:-python3}
+if [ -d .whl ] && ! $PY -c "import pydantic" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+W=${WORK:-/tmp/learn}; mkdir -p "$W"
+{ nvidia-smi -L 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"; nproc; } > "$W/machine.txt" 2>&1
+cat "$W/machine.txt"
+for run in B A C; do
+  if [ ! -d "$W/$run" ] && [ -d "benchmarks/out/device/$run" ]; then
+    cp -r "benchmarks/out/device/$run" "$W/$run" && rm -f "$W/$run/masks_vs_blocks.png"
+  fi
+done
+
+# Generate both datasets before training starts, so no run's clock waits on the other's.
+$PY -c "
+from slotsweep.config import load_config
+from slotsweep.data.synthetic import ensure_synthetic
+for name in ('configs/dsprites_binding.yaml', 'configs/dsprites_binding64.yaml'):
+    c = load_config(name); ensure_synthetic(c.data, resolution=c.model.resolution)
+" || exit 1
+
+declare -A ARGS=(
+  [B]="configs/dsprites_binding.yaml train.steps=1000000"
+  [A]="configs/dsprites_binding64.yaml"
+  [C]="configs/dsprites_binding.yaml model.decoder_layers=4 model.decoder_kernel=5 train.steps=1000000"
+)
+for run in B A C; do
+  timeout -s TERM "$TRAIN_SECONDS" $PY benchmarks/learning.py ${ARGS[$run]} train.device=$DEVICE \
+    --workdir "$W/$run" > "$W/$run.log" 2>&1 &
+done
+wait
+for run in B A C; do
+  $PY benchmarks/learning.py ${ARGS[$run]} --report-only --workdir "$W/$run" > "$W/$run.report" 2>&1 &
+done
+wait
+for run in B A C; do
+  echo "== $run: ${ARGS[$run]}"; tail -n 4 "$W/$run.log"; cat "$W/$run.report"
+  ls -d "$W/$run"/checkpoints/step-* 2>/dev/null | head -n -1 | xargs -r rm -rf
+done
+# Under the 16 MB a device call brings back: no datasets, one checkpoint per run.
+tar czf "$OUT/learn.tar.gz" -C "$W" machine.txt B A C B.log A.log C.log B.report A.report C.report
+ls -la "$OUT"
