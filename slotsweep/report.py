@@ -283,7 +283,10 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | No
 
 def seed_groups(trials: list[TrialView], keys: list[str],
                 metrics: list[str]) -> list[dict[str, Any]]:
-    """Trials that differ only in their seed, with mean ± 95% CI of each metric."""
+    """Trials that differ only in their seed, with mean ± 95% CI of each metric over the
+    finished ones. A running, failed or early-stopped trial stands at another step (or at
+    none), so it is counted apart (`unfinished`) and left out of the statistics: a
+    half-done seeded sweep compares like with like."""
     setting = [k for k in keys if k != "seed"]
     groups: dict[tuple, list[TrialView]] = {}
     for t in trials:
@@ -291,18 +294,30 @@ def seed_groups(trials: list[TrialView], keys: list[str],
         groups.setdefault(ident, []).append(t)
     rows = []
     for ident, members in groups.items():
+        done = [t for t in members if t.status == "finished"]
+        unfinished: dict[str, int] = {}
+        for t in members:
+            if t.status != "finished":
+                unfinished[t.status] = unfinished.get(t.status, 0) + 1
         row: dict[str, Any] = {
             "setting": ", ".join(f"{k}={_fmt(v)}" for k, v in ident) or "base",
-            "loss": members[0].loss_type, "n": len(members),
+            "loss": members[0].loss_type, "n": len(done), "size": len(members),
+            "unfinished": unfinished,
             "trials": sorted(t.trial_id for t in members), "values": {}, "mean": {},
             "ci": {}}
         for m in metrics:
-            values = [t.metrics[m] for t in members if _finite(t.metrics.get(m))]
+            values = [t.metrics[m] for t in done if _finite(t.metrics.get(m))]
             if values:
                 row["values"][m] = values
                 row["mean"][m], row["ci"][m] = mean_ci(values)
         rows.append(row)
     return rows
+
+
+def seeds_label(group: dict[str, Any]) -> str:
+    """'3', or '1 (+1 running, +1 failed)' while some of a setting's seeds are not done."""
+    extra = ", ".join(f"+{n} {status}" for status, n in sorted(group["unfinished"].items()))
+    return f"{group['n']} ({extra})" if extra else str(group["n"])
 
 
 def loss_type_tests(groups: list[dict[str, Any]], metric: str, mode: str) -> list[dict]:
@@ -403,11 +418,12 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
         rows.append(row)
     best_png, best_path = best_masks(client, best) if best is not None else (None, None)
     groups = seed_groups(trials, keys, [*METRICS, *probes])
-    repeated = any(g["n"] >= 2 for g in groups)
+    repeated = any(g["size"] >= 2 for g in groups)  # the design repeats seeds
     seeds_fig = seed_figure(groups) if repeated else None
     return {
         "seed_groups": [
             {"setting": g["setting"], "loss": g["loss"], "n": g["n"], "trials": g["trials"],
+             "seeds": seeds_label(g),
              "cells": {m: (g["mean"].get(m), g["ci"].get(m)) for m in [*METRICS, *probes]}}
             for g in sorted(groups, key=lambda g: -(g["mean"].get(spec.search.metric) or 0))
         ] if repeated else [],
@@ -447,10 +463,11 @@ def markdown(context: dict[str, Any]) -> str:
         lines += ["| setting | loss | seeds | " + " | ".join(metrics.values()) + " |",
                   "|---|---|---|" + "---|" * len(metrics)]
         for g in context["seed_groups"]:
-            lines.append(f"| {g['setting']} | {g['loss']} | {g['n']} | "
+            lines.append(f"| {g['setting']} | {g['loss']} | {g['seeds']} | "
                          + " | ".join(cell(*g["cells"][m]) for m in metrics) + " |")
         lines.append("")
-        lines.append("Mean ± half-width of the 95% Student-t interval over seeds.")
+        lines.append("Mean ± half-width of the 95% Student-t interval over the finished "
+                     "seeds; unfinished trials are counted beside them, not averaged.")
     else:
         columns = [c for c in context["columns"]
                    if c["key"] not in ("trial", "step", "status", "error")]

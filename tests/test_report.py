@@ -283,3 +283,36 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
             cell = row.find_element(By.CSS_SELECTOR, "td[data-key='val/fg_ari']").text
             assert cell.startswith(f"{mean:.3f} ± "), (cell, values)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#tests tbody tr")) == 1
+
+
+def test_seed_statistics_count_finished_trials_only():
+    """A half-done seeded sweep: running and failed seeds are counted beside the finished
+    ones, never averaged into them (they stand at another step, or at none)."""
+    from slotsweep.report import markdown, seed_groups, seeds_label
+
+    def trial(i, seed, fg, status="finished"):
+        t = _trial(f"t{i}", "none", 1.0, fg)
+        t.config["seed"] = seed
+        t.status = status
+        return t
+
+    trials = [trial(0, 0, 0.50), trial(1, 1, 0.60), trial(2, 2, 0.05, "running"),
+              trial(3, 3, 0.99, "failed"), trial(4, 0, 0.30, "running")]
+    trials[4].config["loss.type"] = "cosine"
+    groups = {g["loss"]: g for g in seed_groups(trials, ["loss.type", "seed"], ["val/fg_ari"])}
+    none, cosine = groups["none"], groups["cosine"]
+    assert none["n"] == 2 and none["size"] == 4
+    assert none["values"]["val/fg_ari"] == [0.50, 0.60]
+    assert none["mean"]["val/fg_ari"] == pytest.approx(0.55)
+    assert seeds_label(none) == "2 (+1 failed, +1 running)"
+    assert cosine["n"] == 0 and cosine["mean"] == {} and seeds_label(cosine) == "0 (+1 running)"
+
+    context = {"sweep": "s", "instance": "run-001", "counts": {"running": 2},
+               "seed_metrics": {"val/fg_ari": "FG-ARI"}, "tests": [], "baselines": {},
+               "seed_groups": [{"setting": g["setting"], "loss": g["loss"],
+                                "seeds": seeds_label(g), "cells": {"val/fg_ari": (
+                                    g["mean"].get("val/fg_ari"), g["ci"].get("val/fg_ari"))}}
+                               for g in (none, cosine)]}
+    text = markdown(context)
+    assert "| loss.type=none | none | 2 (+1 failed, +1 running) | 0.550 ± " in text
+    assert "| loss.type=cosine | cosine | 0 (+1 running) | – |" in text
