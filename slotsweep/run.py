@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the sweep "
                         "file's tracking.uri, else sqlite in the sweep's storage)")
     p.add_argument("--address", help="Ray: auto | local | ray://host:port | host:port "
-                                     "(default: join a running cluster, else start one)")
+                                     "(default: $RAY_ADDRESS, else the cluster `ray start` began "
+                                     "here, else a new local instance; another sweep's "
+                                     "local instance is never joined)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance")
     p.add_argument("--cpus-per-trial", type=float, metavar="N",
                    help="override the sweep file's resources.cpu")

@@ -676,24 +676,32 @@ def run_sweep(
 def connect(address: str | None, *, num_cpus: int | None = None) -> str:
     """Join a running cluster (`auto`, `ray://...`, host:port) or start a local one.
 
-    Default: RAY_ADDRESS if set, else a cluster already running on this machine, else
-    a new local instance. Returns a description of what was joined.
+    Default: RAY_ADDRESS if set, else the cluster that `ray start` began on this machine
+    (a `ray up` head node) while it is still up, else a new local instance. Another
+    sweep's own local instance is never joined: it ends with that sweep's driver, and
+    would take this sweep's trials with it. Returns what was joined.
     """
     if address is None:
-        if os.environ.get("RAY_ADDRESS"):
-            address = os.environ["RAY_ADDRESS"]
-        else:
-            try:
-                from ray._private.services import find_gcs_addresses
-
-                address = "auto" if find_gcs_addresses() else "local"
-            except Exception:  # noqa: BLE001 - private helper moved: fall back to local
-                address = "local"
+        address = os.environ.get("RAY_ADDRESS") or _ray_start_cluster() or "local"
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
     if address == "local":
         kwargs.update(num_cpus=num_cpus, include_dashboard=False)
     ray.init(**kwargs)
     return address
+
+
+def _ray_start_cluster() -> str | None:
+    """The GCS address that the last `ray start` on this machine recorded, if its GCS
+    still runs here (Ray's own rule for `ray.init()`, plus a liveness check, since a
+    killed cluster leaves the record behind)."""
+    try:
+        from ray._private.services import find_gcs_addresses
+        from ray._private.utils import read_ray_address
+
+        recorded = read_ray_address()
+        return recorded if recorded and recorded in find_gcs_addresses() else None
+    except Exception:  # noqa: BLE001 - private helpers moved: start a local instance
+        return None
 
 
 def check_resources(sweep: Sweep, *, started_locally: bool) -> None:

@@ -284,3 +284,74 @@ def test_worker_node_killed_mid_trial_resumes_on_the_head(tmp_path, dsprites16,
     assert not any(r.data.tags.get("slotsweep.retries") for r in others)
     history = sorted(m.step for m in client.get_metric_history(run_.info.run_id, "step"))
     assert history == reported, "MLflow has the steps Tune reported, each once"
+
+
+OTHER_DRIVER = """
+import time
+import ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print("gcs", ray.get_runtime_context().gcs_address, flush=True)
+time.sleep(600)
+"""
+
+JOIN = """
+import ray
+from slotsweep.sweep import connect
+joined = connect(None, num_cpus=1)
+print("joined", joined, ray.get_runtime_context().gcs_address, flush=True)
+ray.shutdown()
+"""
+
+
+def _join(env: dict[str, str]) -> tuple[str, str]:
+    """(what `connect(None)` joined, the GCS it is connected to), in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", JOIN], env=env, capture_output=True,
+                          text=True, timeout=180)
+    lines = [line.split() for line in proc.stdout.splitlines() if line.startswith("joined ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return lines[0][1], lines[0][2]
+
+
+def test_without_address_a_sweep_joins_ray_start_never_another_sweeps_ray(tmp_path):
+    """No --address: a cluster `ray start` began here (a `ray up` head) is joined; the
+    local instance of another sweep's driver is not (it dies with that driver, and a
+    second sweep's trials would die with it); nor is a `ray start` cluster that is gone."""
+    base = tempfile.mkdtemp(prefix="/tmp/rt")  # Ray's sockets need a short path
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=base, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
+    record = Path(base) / "ray" / "ray_current_cluster"  # what `ray start` writes
+    started: list[subprocess.Popen] = []
+    try:
+        other = subprocess.Popen([sys.executable, "-c", OTHER_DRIVER], env=env,
+                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
+        started.append(other)
+        other_gcs = other.stdout.readline().split()[-1]
+        joined, gcs = _join(env)
+        assert joined == "local" and gcs != other_gcs
+
+        port = _free_port(HEAD_IP)
+        log = tmp_path / "head.log"
+        with log.open("w") as out:
+            head = subprocess.Popen(
+                [RAY, "start", "--head", f"--port={port}", f"--node-ip-address={HEAD_IP}",
+                 f"--temp-dir={Path(base) / 'ray'}", "--num-cpus=1", "--block",
+                 "--include-dashboard=false", "--disable-usage-stats"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        started.append(head)
+        _wait_for_port(HEAD_IP, port, head, log, timeout=90)
+        deadline = time.monotonic() + 90  # `ray start` records the address once it is up
+        while not record.is_file() and head.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert record.is_file(), _tail(log)
+        assert record.read_text().strip() == f"{HEAD_IP}:{port}"
+        assert _join(env) == (f"{HEAD_IP}:{port}", f"{HEAD_IP}:{port}")
+
+        _stop_node(head)
+        record.write_text(f"{HEAD_IP}:{port}")  # as a killed cluster leaves it
+        joined, gcs = _join(env)
+        assert joined == "local" and gcs not in (other_gcs, f"{HEAD_IP}:{port}")
+    finally:
+        for proc in reversed(started):
+            _stop_node(proc)
+        shutil.rmtree(base, ignore_errors=True)
