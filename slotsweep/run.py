@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         result = engine.run_sweep(sweep, num_samples=args.num_samples, storage=args.storage,
                                   tracking_uri=args.tracking_uri, fresh=args.fresh,
                                   verbose=0 if args.quiet else 1)
+        _disconnect_ray()  # the summary is the last thing printed, after any worker line
         print(summary(sweep, result, started))
     except (ConfigError, ShardError) as exc:
         _disconnect_ray()
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     except KeyboardInterrupt:
+        _disconnect_ray()
         print("\ninterrupted: rerun the same command to resume the sweep", file=sys.stderr)
         return 130
     except Exception as exc:
@@ -212,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _disconnect_ray() -> None:
-    """Stop Ray's forwarding of worker output, so that the error is the last line printed
-    (a worker's late log line would otherwise land after it)."""
+    """Stop Ray's forwarding of worker output, so that the summary or the error is the
+    last thing printed (a worker's late log line would otherwise land after it)."""
     if "ray" in sys.modules:
         import ray
 
