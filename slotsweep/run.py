@@ -99,6 +99,15 @@ def dry_run(sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
+def unfinished_trials(sweep: Sweep, result) -> int:
+    """Trials of the sweep that have not ended (an interrupted sweep: Tune stops on
+    Ctrl-C and returns what it has, with the rest pending or running)."""
+    from slotsweep.sweep import OUTCOMES
+
+    ended = sum(t.outcome in OUTCOMES for t in result.trials)
+    return max(sweep.num_trials(), len(result.trials)) - ended
+
+
 def summary(sweep: Sweep, result, started: str) -> str:
     """Trials, the best one, the trivial baselines, and where to look in MLflow."""
     import torch
@@ -134,9 +143,16 @@ def summary(sweep: Sweep, result, started: str) -> str:
     if failed:
         lines.append(f"\n{len(failed)} trial(s) failed: " +
                      "; ".join(f"{t.trial_id}: {t.error}" for t in failed))
+    unfinished = unfinished_trials(sweep, result)
+    if unfinished:
+        lines.append(f"\n{unfinished} of {max(sweep.num_trials(), len(rows))} trials not "
+                     "finished: rerun the same command to resume (finished trials are kept, "
+                     "started ones go on from their last checkpoint)")
     best = result.best(metric, mode)
     if best is not None:
-        lines += ["", f"best trial {best.trial_id}: FG-ARI {_fmt(best.metrics.get('val/fg_ari'))}"
+        so_far = " so far" if unfinished else ""
+        lines += ["", f"best trial{so_far} {best.trial_id}: "
+                  f"FG-ARI {_fmt(best.metrics.get('val/fg_ari'))}"
                   f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(sweep, best)})"]
     lines += [
         "", "open it in MLflow:",
@@ -194,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                                   verbose=0 if args.quiet else 1)
         _disconnect_ray()  # the summary is the last thing printed, after any worker line
         print(summary(sweep, result, started))
+        if unfinished_trials(sweep, result):
+            return 130  # interrupted (Ctrl-C reaches Tune, which stops and returns)
     except (ConfigError, ShardError) as exc:
         _disconnect_ray()
         print(f"error: {exc}", file=sys.stderr)

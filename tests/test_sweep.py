@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
 import pickle
+import re
+import signal
+import subprocess
+import time
 
 import pytest
 
 from tests.sweep_helpers import (
+    cli,
+    end_session,
     instance_dir,
     ledger,
     mlflow_runs,
@@ -116,6 +123,35 @@ def test_resume_after_driver_sigkill(tmp_path, dsprites16, uninterrupted, moment
     # The Optuna search continued its seeded sequence: the same trials as uninterrupted.
     assert params_sequence(storage) == params_sequence(uninterrupted)
     assert len([p for p in instance_dir(storage).glob("tune-*") if p.is_dir()]) == 1
+
+
+def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
+                                                           uninterrupted):
+    path = sweep_file(tmp_path, dsprites16)
+    storage, log = tmp_path / "storage", tmp_path / "out.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cli(path), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while reported_steps(storage) < 2 and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends the driver
+        returncode = proc.wait(timeout=180)
+    finally:
+        end_session(proc.pid)
+    text = log.read_text()
+    assert returncode == 130, text[-3000:]  # not 0: the sweep did not complete
+    assert re.search(r"\b[123] of 3 trials not finished: rerun the same command to resume",
+                     text), text[-3000:]
+
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not finished" not in done.stdout
+    check_consistent(storage, 3)
+    assert params_sequence(storage) == params_sequence(uninterrupted)
 
 
 def test_extending_a_finished_sweep_runs_only_new_trials(tmp_path, dsprites16):
