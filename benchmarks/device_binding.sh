@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 4's GPU check, in one device lease (about 8 minutes): three learning benchmarks
-# share one GPU for TRAIN_SECONDS, then each prints its curve, baselines, by-object table
+# Issue 4's GPU check, in one device lease (about 8 minutes): learning benchmarks (RUNS,
+# default "A B"; the first lease ran "B A C") share one GPU for TRAIN_SECONDS, then each prints its curve, baselines, by-object table
 # and mask picture (benchmarks/learning.py --report-only). Everything lands in
 # $OUT/learn.tar.gz (curves, logs, reports, pictures, the latest checkpoint per run).
 #   B: the chosen 32x32 configuration, to see where FG-ARI goes with more steps;
@@ -16,6 +16,7 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-400}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:?set OUT to a folder for the results}
 PY=${PY:-python3}
+RUNS=${RUNS:-A B}
 if [ -d .whl ] && ! $PY -c "import pydantic" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -24,7 +25,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 OMP_NUM_THR
 W=${WORK:-/tmp/learn}; mkdir -p "$W"
 { nvidia-smi -L 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"; nproc; } > "$W/machine.txt" 2>&1
 cat "$W/machine.txt"
-for run in B A C; do
+for run in $RUNS; do
   if [ ! -d "$W/$run" ] && [ -d "benchmarks/out/device/$run" ]; then
     cp -r "benchmarks/out/device/$run" "$W/$run" && rm -f "$W/$run/masks_vs_blocks.png"
   fi
@@ -43,19 +44,19 @@ declare -A ARGS=(
   [A]="configs/dsprites_binding64.yaml"
   [C]="configs/dsprites_binding.yaml model.decoder_layers=4 model.decoder_kernel=5 train.steps=1000000"
 )
-for run in B A C; do
+for run in $RUNS; do
   timeout -s TERM "$TRAIN_SECONDS" $PY benchmarks/learning.py ${ARGS[$run]} train.device=$DEVICE \
     --workdir "$W/$run" > "$W/$run.log" 2>&1 &
 done
 wait
-for run in B A C; do
+for run in $RUNS; do
   $PY benchmarks/learning.py ${ARGS[$run]} --report-only --workdir "$W/$run" > "$W/$run.report" 2>&1 &
 done
 wait
-for run in B A C; do
+for run in $RUNS; do
   echo "== $run: ${ARGS[$run]}"; tail -n 4 "$W/$run.log"; cat "$W/$run.report"
   ls -d "$W/$run"/checkpoints/step-* 2>/dev/null | head -n -1 | xargs -r rm -rf
 done
 # Under the 16 MB a device call brings back: no datasets, one checkpoint per run.
-tar czf "$OUT/learn.tar.gz" -C "$W" machine.txt B A C B.log A.log C.log B.report A.report C.report
+tar czf "$OUT/learn.tar.gz" -C "$W" machine.txt $(for run in $RUNS; do echo "$run $run.log $run.report"; done)
 ls -la "$OUT"
