@@ -48,7 +48,7 @@ class TrialView:
     trial_id: str
     run_id: str
     name: str
-    status: str  # finished | stopped early | failed | running
+    status: str  # finished | stopped early | failed | running | interrupted
     error: str | None
     config: dict[str, Any]  # the flattened resolved trial config (MLflow params)
     metrics: dict[str, float]  # last values
@@ -394,7 +394,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     axes = [a for a in dict.fromkeys([*AXES, *numeric])
             if len({t.config.get(a) for t in trials if t.relevant(a)}) > 1]
     counts = {s: sum(t.status == s for t in trials)
-              for s in ("finished", "stopped early", "failed", "running")}
+              for s in ("finished", "stopped early", "failed", "running", "interrupted")}
     requested = max(sweep.num_trials(), len(trials))
     counts["pending"] = requested - len(trials)
     probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")})

@@ -84,6 +84,7 @@ def _atomic_local_uploads() -> None:
     upload._slotsweep_atomic = True
     storage._upload_to_fs_path = upload
 OUTCOMES = ("finished", "stopped early", "failed")
+UNFINISHED = ("pending", "running", "paused")  # Tune's status of a trial a stop cut short
 
 
 # ----------------------------------------------------------------- search space
@@ -665,7 +666,11 @@ def run_sweep(
     runs = {r.data.tags.get("slotsweep.trial_id"): r for r in tracker.trial_runs()}
     for rec in records:
         run = runs.get(rec.trial_id)
-        if run is not None and run.info.status == "RUNNING":
+        if run is None or run.info.status != "RUNNING":
+            continue
+        if rec.outcome in UNFINISHED:  # Ctrl-C: it goes on when the sweep is rerun
+            tracker.interrupt_trial(run.info.run_id)
+        else:  # ended in Tune without our ledger entry (errored, or a lost write)
             tracker.end_trial(run.info.run_id, outcome=rec.outcome if rec.outcome in OUTCOMES
                               else "failed", error=rec.error)
     if len(records) >= total:

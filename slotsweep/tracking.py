@@ -118,6 +118,8 @@ class SweepTracker:
             run_id = runs[0].info.run_id
             if runs[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
+            if TAG_OUTCOME in runs[0].data.tags:  # e.g. "interrupted": it runs again now
+                self.client.delete_tag(run_id, TAG_OUTCOME)
         else:
             all_tags = {MLFLOW_PARENT_RUN_ID: self.parent_run(), MLFLOW_RUN_NAME: name,
                         TAG_SWEEP: self.sweep, TAG_INSTANCE: self.instance,
@@ -163,6 +165,12 @@ class SweepTracker:
         status = {"failed": RunStatus.FAILED, "stopped early": RunStatus.KILLED}.get(
             outcome, RunStatus.FINISHED)
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def interrupt_trial(self, run_id: str) -> None:
+        """The sweep stopped (Ctrl-C) with this trial unfinished: KILLED in MLflow's UI,
+        outcome "interrupted" until a rerun resumes it (which clears the outcome)."""
+        self.client.set_tag(run_id, TAG_OUTCOME, "interrupted")
+        self.client.set_terminated(run_id, status="KILLED")
 
     def record_retry(self, run_id: str, *, retries: int, error: str | None) -> None:
         """Ray restarted the trial from its checkpoint: same run, a retry count and why."""

@@ -146,11 +146,20 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
     assert returncode == 130, text[-3000:]  # not 0: the sweep did not complete
     assert re.search(r"\b[123] of 3 trials not finished: rerun the same command to resume",
                      text), text[-3000:]
+    # MLflow: an ended trial keeps its outcome; a cut-short one is "interrupted" (KILLED),
+    # not "failed", and holds no outcome while it runs again.
+    ended = {e["trial_id"] for e in ledger(storage)}
+    cut = [r for r in mlflow_runs(storage)[2] if r.data.tags["slotsweep.trial_id"] not in ended]
+    assert cut, "the interruption cut no trial short"
+    for r in cut:
+        assert r.data.tags.get("slotsweep.outcome") == "interrupted", r.data.tags
+        assert r.info.status == "KILLED"
 
     done = run(path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "not finished" not in done.stdout
-    check_consistent(storage, 3)
+    _, trials = check_consistent(storage, 3)
+    assert [r.data.tags["slotsweep.outcome"] for r in trials] == ["finished"] * 3
     assert params_sequence(storage) == params_sequence(uninterrupted)
 
 
