@@ -550,6 +550,18 @@ def experiments_of(instance: Path) -> list[Path]:
     return sorted(p for p in instance.glob("tune-*") if p.is_dir())
 
 
+def experiment_complete(experiment: Path) -> bool:
+    """Whether a Tune experiment ran to its end: every trial it planned exists and has
+    ended. A Ctrl-C'd `fit()` returns like a finished one, with trials pending or running
+    (or, searches being lazy, not yet created); taking that for the end would start an
+    extension experiment of fresh trials instead of resuming these."""
+    trials = tune.ExperimentAnalysis(str(experiment)).trials
+    if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+        return False
+    plan = experiment.with_name(f"{experiment.name}-plan.json")  # absent before 2026-11-26
+    return not plan.is_file() or len(trials) >= json.loads(plan.read_text())["trials"]
+
+
 def collect(instance: Path) -> list[TrialRecord]:
     """Every trial of every Tune experiment of this instance, with its last result."""
     ledger = read_ledger(instance / LEDGER)
@@ -626,19 +638,22 @@ def run_sweep(
     _atomic_local_uploads()
 
     experiments = experiments_of(instance)
+    stopped = False  # Ctrl-C: end here; the next run resumes the same experiment
     if experiments and tune.Tuner.can_restore(str(experiments[-1])):
         # resume_errored: a trial stopped by a storage fault continues from its checkpoint;
         # a trial that failed on its own replays its ledger entry or fails at once.
         tuner = tune.Tuner.restore(str(experiments[-1]), trainable, resume_unfinished=True,
                                    resume_errored=True)
         tuner.fit()
+        stopped = not experiment_complete(experiments[-1])
     elif experiments:  # an experiment dir that never got its first snapshot: start over
         shutil.rmtree(experiments[-1])
 
     prior = collect(instance)
     missing = total - len(prior)
-    if missing > 0:
+    if missing > 0 and not stopped:  # a new sweep, or an extension (--num-samples)
         name = f"tune-{len(experiments_of(instance)):03d}"
+        (instance / f"{name}-plan.json").write_text(json.dumps({"trials": missing}))
         if prior:  # what the extension's search is told, for the record
             (instance / f"{name}-warm-start.json").write_text(json.dumps({
                 "trial_ids": [r.trial_id for r in prior],

@@ -125,24 +125,29 @@ def test_resume_after_driver_sigkill(tmp_path, dsprites16, uninterrupted, moment
     assert len([p for p in instance_dir(storage).glob("tune-*") if p.is_dir()]) == 1
 
 
-def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
-                                                           uninterrupted):
-    path = sweep_file(tmp_path, dsprites16)
-    storage, log = tmp_path / "storage", tmp_path / "out.log"
+def ctrl_c(path, until, log) -> tuple[int, str]:
+    """Run the sweep CLI, send its driver SIGINT (what Ctrl-C sends) once `until()` holds;
+    (exit code, output)."""
     with log.open("w") as out:
         proc = subprocess.Popen(cli(path), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while reported_steps(storage) < 2 and proc.poll() is None \
-                and time.monotonic() < deadline:
+        while not until() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends the driver
+        os.kill(proc.pid, signal.SIGINT)
         returncode = proc.wait(timeout=180)
     finally:
         end_session(proc.pid)
-    text = log.read_text()
+    return returncode, log.read_text()
+
+
+def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
+                                                           uninterrupted):
+    path = sweep_file(tmp_path, dsprites16)
+    storage = tmp_path / "storage"
+    returncode, text = ctrl_c(path, lambda: reported_steps(storage) >= 2, tmp_path / "1.log")
     assert returncode == 130, text[-3000:]  # not 0: the sweep did not complete
     assert re.search(r"\b[123] of 3 trials not finished: rerun the same command to resume",
                      text), text[-3000:]
@@ -154,6 +159,14 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
     for r in cut:
         assert r.data.tags.get("slotsweep.outcome") == "interrupted", r.data.tags
         assert r.info.status == "KILLED"
+
+    # Ctrl-C again, in the run that resumes: it stops too, and starts no new experiment
+    # of fresh trials (it did: a resumed fit() cut short looked like a finished one).
+    reported = reported_steps(storage)
+    returncode, text = ctrl_c(path, lambda: reported_steps(storage) > reported,
+                              tmp_path / "2.log")
+    assert returncode == 130, text[-3000:]
+    assert [p.name for p in instance_dir(storage).glob("tune-*") if p.is_dir()] == ["tune-000"]
 
     done = run(path)
     assert done.returncode == 0, done.stderr[-3000:]
