@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,14 +296,11 @@ def seed_groups(trials: list[TrialView], keys: list[str],
     rows = []
     for ident, members in groups.items():
         done = [t for t in members if t.status == "finished"]
-        unfinished: dict[str, int] = {}
-        for t in members:
-            if t.status != "finished":
-                unfinished[t.status] = unfinished.get(t.status, 0) + 1
+        unfinished = Counter(t.status for t in members if t.status != "finished")
         row: dict[str, Any] = {
             "setting": ", ".join(f"{k}={_fmt(v)}" for k, v in ident) or "base",
             "loss": members[0].loss_type, "n": len(done), "size": len(members),
-            "unfinished": unfinished,
+            "unfinished": dict(unfinished),
             "trials": sorted(t.trial_id for t in members), "values": {}, "mean": {},
             "ci": {}}
         for m in metrics:

@@ -102,9 +102,9 @@ def dry_run(sweep: Sweep) -> str:
 def unfinished_trials(sweep: Sweep, result) -> int:
     """Trials of the sweep that have not ended (an interrupted sweep: Tune stops on
     Ctrl-C and returns what it has, with the rest pending or running)."""
-    from slotsweep.sweep import OUTCOMES
+    from slotsweep.sweep import UNFINISHED
 
-    ended = sum(t.outcome in OUTCOMES for t in result.trials)
+    ended = sum(t.outcome not in UNFINISHED for t in result.trials)  # as run_sweep ends them
     return max(sweep.num_trials(), len(result.trials)) - ended
 
 

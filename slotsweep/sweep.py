@@ -556,7 +556,7 @@ def experiment_complete(experiment: Path) -> bool:
     (or, searches being lazy, not yet created); taking that for the end would start an
     extension experiment of fresh trials instead of resuming these."""
     trials = tune.ExperimentAnalysis(str(experiment)).trials
-    if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+    if any(t.status.lower() in UNFINISHED for t in trials):
         return False
     plan = experiment.with_name(f"{experiment.name}-plan.json")  # absent before 2026-11-26
     return not plan.is_file() or len(trials) >= json.loads(plan.read_text())["trials"]
