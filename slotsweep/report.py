@@ -11,8 +11,9 @@ the sweep's progress. Plotly's JavaScript is inlined, so the page opens offline.
     python -m slotsweep.report paper_small --markdown results.md   # + a Markdown summary
 
 The Markdown summary (for a README or an issue) is the seeded table (mean ± 95% CI per
-setting), the loss-type tests and the trivial baselines, or the trials ranked by the
-sweep metric when nothing was repeated over seeds.
+setting), the loss-type tests, the comparison with the sweep file's `published` values
+and the trivial baselines, or the trials ranked by the sweep metric when nothing was
+repeated over seeds.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from slotsweep.config import ConfigError
-from slotsweep.sweep_spec import Sweep, load_sweep
+from slotsweep.sweep_spec import COMPARABLE_METRICS, Sweep, load_sweep
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 TEMPLATE = "sweep_report.html.j2"
 METRICS = {"val/fg_ari": "FG-ARI", "val/mbo": "mBO", "val/stripe": "stripe score"}
+PROBE_LABELS = {"probe/shape_acc": "shape (acc.)", "probe/color_r2": "colour R²",
+                "probe/scale_r2": "scale R²", "probe/x_r2": "x R²", "probe/y_r2": "y R²"}
 # Plotted against these keys (when they vary) plus every numeric key of the search space.
 AXES = {"loss.beta": "β", "model.slot_size": "slot size", "loss.proj_depth": "head depth"}
 LOSS_COLOURS = {"none": "#4c72b0", "covloss": "#dd8452", "vicreg": "#55a868",
@@ -65,6 +68,11 @@ class TrialView:
         if key.startswith("loss.") and key != "loss.type" and self.loss_type == "none":
             return False
         return not (key in HEAD_KEYS and self.loss_type == "cosine")
+
+
+def _label(metric: str) -> str:
+    """How a table heads a metric: 'FG-ARI', 'shape (acc.)', 'x R²', 'probe/r_r2' → 'r_r2'."""
+    return METRICS.get(metric) or PROBE_LABELS.get(metric) or metric.removeprefix("probe/")
 
 
 def _dom_id(text: str) -> str:
@@ -299,7 +307,8 @@ def seed_groups(trials: list[TrialView], keys: list[str],
         unfinished = Counter(t.status for t in members if t.status != "finished")
         row: dict[str, Any] = {
             "setting": ", ".join(f"{k}={_fmt(v)}" for k, v in ident) or "base",
-            "loss": members[0].loss_type, "n": len(done), "size": len(members),
+            "params": dict(ident), "loss": members[0].loss_type, "n": len(done),
+            "size": len(members),
             "unfinished": dict(unfinished),
             "trials": sorted(t.trial_id for t in members), "values": {}, "mean": {},
             "ci": {}}
@@ -343,6 +352,59 @@ def loss_type_tests(groups: list[dict[str, Any]], metric: str, mode: str) -> lis
                         "diff": best[a]["mean"][metric] - best[b]["mean"][metric],
                         "p": p if math.isfinite(p) else None, "n": f"{len(x)} vs {len(y)}"})
     return out
+
+
+def published_comparison(groups: list[dict[str, Any]], published, metric: str,
+                         mode: str, alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Each difference between two variants that the published values give, next to the
+    same difference here (Welch's t-test over finished seeds): 'agrees' or 'disagrees'
+    when p < alpha, 'not resolved' otherwise, 'waiting' below 2 seeds on either side.
+    A variant swept over other settings too is represented by its best setting."""
+    from scipy import stats
+
+    def pick(variant: str) -> dict[str, Any] | None:
+        mine = [g for g in groups if g["params"].get("variant") == variant]
+        scored = [g for g in mine if metric in g["mean"]]
+        if not scored:
+            return mine[0] if mine else None
+        choose = max if mode == "max" else min
+        return choose(scored, key=lambda g: g["mean"][metric])
+
+    values = published.values
+    names = list(values)
+    rows = []
+    for m in dict.fromkeys(k for v in values.values() for k in v):
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if m not in values[a] or m not in values[b]:
+                    continue
+                ga, gb = pick(a), pick(b)
+                xs = (ga or {}).get("values", {}).get(m, [])
+                ys = (gb or {}).get("values", {}).get(m, [])
+                row = {"metric": m, "a": a, "b": b, "paper_a": values[a][m],
+                       "paper_b": values[b][m], "paper_diff": values[a][m] - values[b][m],
+                       "n": f"{len(xs)} vs {len(ys)}", "mean_a": None, "mean_b": None,
+                       "ci_a": None, "ci_b": None, "diff": None, "p": None}
+                if xs:
+                    row["mean_a"], row["ci_a"] = ga["mean"][m], ga["ci"][m]
+                if ys:
+                    row["mean_b"], row["ci_b"] = gb["mean"][m], gb["ci"][m]
+                if len(xs) < 2 or len(ys) < 2:
+                    row["verdict"] = "waiting for seeds"
+                    rows.append(row)
+                    continue
+                row["diff"] = row["mean_a"] - row["mean_b"]
+                if len(set(xs)) > 1 or len(set(ys)) > 1:  # no spread at all: no test
+                    p = float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
+                    row["p"] = p if math.isfinite(p) else None
+                same = row["diff"] * row["paper_diff"] > 0
+                if row["p"] is not None and row["p"] < alpha:
+                    row["verdict"] = "agrees" if same else "disagrees"
+                else:
+                    row["verdict"] = ("not resolved (same direction)" if same
+                                      else "not resolved (other direction)")
+                rows.append(row)
+    return rows
 
 
 def seed_figure(groups: list[dict[str, Any]]) -> dict | None:
@@ -400,7 +462,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
                *({"key": k, "label": k, "numeric": all(
                    _finite(t.config.get(k)) for t in trials if t.relevant(k))} for k in keys),
                *({"key": m, "label": label, "numeric": True} for m, label in METRICS.items()),
-               *({"key": m, "label": m.removeprefix("probe/"), "numeric": True}
+               *({"key": m, "label": _label(m), "numeric": True}
                  for m in probes),
                {"key": "step", "label": "step", "numeric": True},
                {"key": "status", "label": "status", "numeric": False},
@@ -425,8 +487,13 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
              "cells": {m: (g["mean"].get(m), g["ci"].get(m)) for m in [*METRICS, *probes]}}
             for g in sorted(groups, key=lambda g: -(g["mean"].get(spec.search.metric) or 0))
         ] if repeated else [],
-        "seed_metrics": {m: METRICS.get(m, m.removeprefix("probe/")) for m in [*METRICS, *probes]},
+        "seed_metrics": {m: _label(m) for m in [*METRICS, *probes]},
         "tests": loss_type_tests(groups, spec.search.metric, spec.search.mode) if repeated else [],
+        "published": None if spec.published is None else {
+            "source": spec.published.source,
+            "rows": published_comparison(groups, spec.published, spec.search.metric,
+                                         spec.search.mode),
+            "labels": {m: _label(m) for m in COMPARABLE_METRICS}},
         "seeds_figure": seeds_fig,
         "sweep": sweep.name, "description": (spec.description or "").strip(),
         "instance": instance or "all instances", "tracking_uri": tracking_uri,
@@ -486,6 +553,19 @@ def markdown(context: dict[str, Any]) -> str:
         for t in context["tests"]:
             p = "–" if t["p"] is None else f"{t['p']:.3g}"
             lines.append(f"| {t['a']} | {t['b']} | {t['diff']:+.3f} | {t['n']} | {p} |")
+    if context.get("published"):
+        pub = context["published"]
+        lines += ["", f"Against the published values ({pub['source']}): each difference "
+                  "between two variants there, and here (Welch's t-test over the finished "
+                  "seeds; 'agrees'/'disagrees' at p < 0.05).", "",
+                  "| metric | variants | published | here | seeds | p (Welch) | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in pub["rows"]:
+            here = f"{cell(r['mean_a'], r['ci_a'])} vs {cell(r['mean_b'], r['ci_b'])}"
+            p = "–" if r["p"] is None else f"{r['p']:.3g}"
+            lines.append(f"| {pub['labels'].get(r['metric'], r['metric'])} | {r['a']} vs "
+                         f"{r['b']} | {r['paper_a']:.3f} vs {r['paper_b']:.3f} | {here} | "
+                         f"{r['n']} | {p} | {r['verdict']} |")
     if context["baselines"]:
         labels = list(next(iter(context["baselines"].values())))
         lines += ["", "| trivial baseline | " + " | ".join(labels) + " |",

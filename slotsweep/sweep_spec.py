@@ -15,6 +15,10 @@ search algorithm, the scheduler, per-trial resources, storage and tracking:
     storage: runs/sweeps
     tracking: {uri: null, experiment: null}
 
+With `variants` (named sets of overrides) and `seeds: N`, every variant is repeated over
+N seeds; `published: {source: ..., values: {variant: {metric: value}}}` names numbers to
+compare the variants with (a paper's table), which the report checks direction by direction.
+
 Distributions: `choice` (list), `uniform` / `loguniform` ([low, high]), `int`
 ([low, high], inclusive), `grid` (list; every value is tried). A key with `when`
 is sampled only if every named key has one of the listed values; otherwise it keeps
@@ -42,6 +46,10 @@ from slotsweep.config import (
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 VARIANT = "variant"  # the search key of a sweep file's `variants`
+# What a trial reports that a sweep file's `published` values can be compared with
+# (the probe's names are those of `slotsweep.probe.evaluate_probe`).
+COMPARABLE_METRICS = ("val/fg_ari", "val/mbo", "val/stripe", "probe/shape_acc",
+                      "probe/color_r2", "probe/scale_r2", "probe/x_r2", "probe/y_r2")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
 
 
@@ -126,6 +134,14 @@ class Tracking(_Section):
     experiment: str | None = None  # default: the sweep's name
 
 
+class Published(_Section):
+    """Published numbers per variant, e.g. a paper's table: the report checks whether
+    each difference between two variants goes the same way in this sweep."""
+
+    source: str
+    values: dict[str, dict[str, float]] = Field(strict=False)
+
+
 class SweepFile(_Section):
     description: str = ""
     base: str | None = None
@@ -135,6 +151,8 @@ class SweepFile(_Section):
     variants: dict[str, dict[str, Any]] = {}
     # Every configuration repeated over this many seeds (seed, seed+1, ...): grid only.
     seeds: int = Field(1, ge=1)
+    # Values to compare the variants with: {source: "...", values: {variant: {metric: v}}}.
+    published: Published | None = None
     search_space: dict[str, Param] = {}
     search: Search = Search()
     scheduler: Scheduler = Scheduler()
@@ -234,6 +252,8 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
             base["data"][split] = str(Path.cwd() / value)
 
     keys = known_keys()
+    if spec.published is not None:
+        _check_published(spec, path)
     spec = _expand_variants_and_seeds(spec, path, keys, int(base["seed"]))
     if not spec.search_space:
         raise ConfigError(f"{path}: search_space: is empty; name at least one config key "
@@ -302,6 +322,26 @@ def _expand_variants_and_seeds(spec: SweepFile, path: Path, keys, base_seed: int
             raise ConfigError(f"{path}: seeds: and search_space.seed: give one of them")
         space["seed"] = Param(grid=list(range(base_seed, base_seed + spec.seeds)))
     return spec.model_copy(update={"search_space": space})
+
+
+def _check_published(spec: SweepFile, path: Path) -> None:
+    """Published values name variants of this file and metrics that trials report."""
+    if not spec.variants:
+        raise ConfigError(f"{path}: published: its values are per variant; give `variants`")
+    for name, metrics in spec.published.values.items():
+        if name not in spec.variants:
+            raise ConfigError(f"{path}: published.values.{name}: not a variant "
+                              f"(variants: {', '.join(spec.variants)})")
+        for metric, value in metrics.items():
+            if metric not in COMPARABLE_METRICS:
+                close = difflib.get_close_matches(metric, COMPARABLE_METRICS, n=1, cutoff=0.6)
+                hint = (f"did you mean {close[0]!r}?" if close
+                        else f"one of {', '.join(COMPARABLE_METRICS)}")
+                raise ConfigError(f"{path}: published.values.{name}.{metric}: not a reported "
+                                  f"metric; {hint}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}: published.values.{name}.{metric}: {value} is not "
+                                  "a finite number")
 
 
 def _did_you_mean(key: str, keys) -> str:

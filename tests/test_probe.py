@@ -41,6 +41,9 @@ def test_probe_recovers_properties_slots_encode(scenes, shuffle):
     val = ProbeData.from_objects(slots[400:], scenes[400:])
     result = run_probe(train, val, epochs=30, seed=0)
     assert result["probe/shape_acc"] > 0.95
+    # What a sweep file may cite published values for (sweep_spec) is what the probe reports.
+    from slotsweep.sweep_spec import COMPARABLE_METRICS
+    assert {m for m in COMPARABLE_METRICS if m.startswith("probe/")} <= set(result)
     for name in ("color_r2", "scale_r2", "x_r2", "y_r2"):
         assert result[f"probe/{name}"] > 0.9, (name, result)
 

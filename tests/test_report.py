@@ -248,7 +248,9 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
     tree = yaml.safe_load(path.read_text())
     tree.pop("search_space")
     tree.update(variants={"plain": {"loss.type": "none"},
-                          "cosine": {"loss.type": "cosine", "loss.beta": 0.1}}, seeds=2)
+                          "cosine": {"loss.type": "cosine", "loss.beta": 0.1}}, seeds=2,
+                published={"source": "Table 9", "values": {"plain": {"val/fg_ari": 0.9},
+                                                           "cosine": {"val/fg_ari": 0.8}}})
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     done = run(path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -266,6 +268,10 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
         mean, half = mean_ci(values)
         assert f"| variant={variant} | {loss} | 2 | {mean:.3f} ± {half:.3f} |" in summary
     assert "| p (Welch) |" in summary
+    # The published difference (plain above cosine) next to this sweep's.
+    means = {v: np.mean([r.data.metrics["val/fg_ari"] for r in trials
+                         if r.data.params["variant"] == v]) for v in ("plain", "cosine")}
+    assert f"| FG-ARI | plain vs cosine | 0.900 vs 0.800 | {means['plain']:.3f} ± " in summary
     with chromium() as browser:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
@@ -283,6 +289,12 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
             cell = row.find_element(By.CSS_SELECTOR, "td[data-key='val/fg_ari']").text
             assert cell.startswith(f"{mean:.3f} ± "), (cell, values)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#tests tbody tr")) == 1
+        (row,) = browser.find_elements(By.CSS_SELECTOR, "#published tbody tr")
+        assert row.get_attribute("data-verdict") in ("agrees", "disagrees",
+                                                     "not resolved (same direction)",
+                                                     "not resolved (other direction)")
+        assert row.find_elements(By.TAG_NAME, "td")[3].text.startswith(
+            f"{means['plain']:.3f} ± ")
 
 
 def test_seed_statistics_count_finished_trials_only():
@@ -316,3 +328,57 @@ def test_seed_statistics_count_finished_trials_only():
     text = markdown(context)
     assert "| loss.type=none | none | 2 (+1 failed, +1 running) | 0.550 ± " in text
     assert "| loss.type=cosine | cosine | 0 (+1 running) | – |" in text
+
+
+def test_published_differences_are_set_next_to_this_sweeps():
+    """Each difference between two variants in the published values is compared, by
+    direction and Welch's test over finished seeds, with the same difference here."""
+    from slotsweep.report import markdown, published_comparison, seed_groups
+    from slotsweep.sweep_spec import Published
+
+    rng = np.random.default_rng(1)
+    level = {"a": 0.8, "b": 0.4, "c": 0.41, "d": 0.6}  # FG-ARI centre per variant
+    trials = []
+    for variant, centre in level.items():
+        for seed in range(3):
+            t = _trial(f"{variant}{seed}", "none", 1.0, centre + 0.01 * rng.standard_normal())
+            t.config.update(variant=variant, seed=seed)
+            t.metrics["probe/x_r2"] = 0.9
+            trials.append(t)
+    trials[-1].status = "running"  # d: 2 finished seeds
+    trials[-2].status = "failed"  # d: 1 finished seed
+    published = Published(source="Table 1", values={
+        "a": {"val/fg_ari": 0.9, "probe/x_r2": 0.95},
+        "b": {"val/fg_ari": 0.7, "probe/x_r2": 0.97},  # a > b there and here: agrees
+        "c": {"val/fg_ari": 0.8},  # b < c there, b ≈ c here
+        "d": {"val/fg_ari": 0.5}})
+    groups = seed_groups(trials, ["variant", "seed"], ["val/fg_ari", "probe/x_r2"])
+    rows = {(r["metric"], r["a"], r["b"]): r
+            for r in published_comparison(groups, published, "val/fg_ari", "max")}
+    assert set(rows) == {("val/fg_ari", x, y) for x, y in
+                         [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"),
+                          ("c", "d")]} | {("probe/x_r2", "a", "b")}
+    verdict = {k[1:]: r["verdict"] for k, r in rows.items() if k[0] == "val/fg_ari"}
+    assert verdict[("a", "b")] == "agrees"
+    assert verdict[("a", "c")] == "agrees"  # 0.9 > 0.8 there, 0.8 > 0.41 here
+    assert verdict[("b", "c")].startswith("not resolved")  # 0.40 vs 0.41: within noise
+    assert verdict[("a", "d")] == verdict[("c", "d")] == "waiting for seeds"  # d: 1 seed
+    ab = rows[("val/fg_ari", "a", "b")]
+    assert ab["paper_diff"] == pytest.approx(0.2) and ab["n"] == "3 vs 3"
+    assert ab["diff"] == pytest.approx(np.mean([t.metrics["val/fg_ari"] for t in trials[:3]])
+                                       - np.mean([t.metrics["val/fg_ari"] for t in trials[3:6]]))
+    assert rows[("probe/x_r2", "a", "b")]["p"] is None  # no spread at all: no test
+    assert rows[("probe/x_r2", "a", "b")]["verdict"].startswith("not resolved")
+
+    # Reversed published order flips every published difference: a disagreement.
+    flipped = Published(source="T", values={"b": {"val/fg_ari": 0.9}, "a": {"val/fg_ari": 0.7}})
+    (row,) = published_comparison(groups, flipped, "val/fg_ari", "max")
+    assert (row["a"], row["b"], row["verdict"]) == ("b", "a", "disagrees")
+
+    text = markdown({"sweep": "s", "instance": "run-001", "counts": {"finished": 10},
+                     "seed_groups": [], "columns": [], "rows": [], "metric": "val/fg_ari",
+                     "mode": "max", "tests": [], "baselines": {},
+                     "published": {"source": "Table 1", "labels": {"val/fg_ari": "FG-ARI"},
+                                   "rows": [row]}})
+    assert "Against the published values (Table 1)" in text
+    assert "| FG-ARI | b vs a | 0.900 vs 0.700 | " in text and "| disagrees |" in text
