@@ -62,16 +62,55 @@ def side_by_side(images: torch.Tensor, seg: torch.Tensor, masks: torch.Tensor,
     return buffer.getvalue()
 
 
+def stray_pixels(masks: torch.Tensor, seg: torch.Tensor) -> dict[str, float]:
+    """Why one-object images score 0: masks [N, K, H, W] (soft) and seg [N, H, W] (0 =
+    background). Over the images with exactly one object: how many are split (some of
+    the sprite's pixels outside its main slot, the argmax's mode on the sprite), and of
+    those stray pixels the share on the sprite's rim (a background pixel among the 8
+    neighbours), the share won by the background's slot (the mode off the sprite), and
+    the median mask value there of the winning slot and of the sprite's own."""
+    labels = masks.argmax(1)
+    counts = {"images": 0, "split": 0, "stray": 0, "rim": 0, "to_background": 0}
+    winner, own = [], []
+    for mask, label, s in zip(masks, labels, seg, strict=True):
+        objects = [v for v in s.unique().tolist() if v != 0]
+        if len(objects) != 1:
+            continue
+        sprite = s == objects[0]
+        main = label[sprite].mode().values
+        background = label[~sprite].mode().values if (~sprite).any() else -1
+        stray = sprite & (label != main)
+        counts["images"] += 1
+        if not stray.any():
+            continue
+        padded = F.pad((~sprite).float()[None, None], (1, 1, 1, 1))
+        rim = F.max_pool2d(padded, 3, stride=1)[0, 0].bool() & sprite
+        counts["split"] += 1
+        counts["stray"] += int(stray.sum())
+        counts["rim"] += int((stray & rim).sum())
+        counts["to_background"] += int((stray & (label == background)).sum())
+        winner.append(mask[:, stray].max(0).values)
+        own.append(mask[main][stray])
+    stray_total = max(counts["stray"], 1)
+    return {"images": counts["images"], "split": counts["split"],
+            "stray": counts["stray"], "rim": counts["rim"] / stray_total,
+            "to_background": counts["to_background"] / stray_total,
+            "winner_mask": float(torch.cat(winner).median()) if winner else float("nan"),
+            "own_mask": float(torch.cat(own).median()) if own else float("nan")}
+
+
 @torch.no_grad()
 def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
-                    ) -> list[tuple[int, int, dict[str, float]]]:
-    """Per number of objects: (count, images, mean scores of the model and of 2x2 blocks);
-    with `picture`, also writes the first 8 validation images' masks next to the blocks'."""
+                    ) -> tuple[list[tuple[int, int, dict[str, float]]], dict[str, float]]:
+    """Per number of objects: (count, images, mean scores of the model and of 2x2 blocks),
+    and `stray_pixels` of the one-object images; with `picture`, also writes the first 8
+    validation images' masks next to the blocks'."""
     model = build_model(config.model, config.loss)
     model.load_state_dict(checkpoint.load(checkpoint_dir)["model"])
     model.eval()
     val = Batches.open(config.data.val, config.model, eval=True)
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("n", "ari", "mbo", "bari", "bmbo")}
+    all_masks, all_seg = [], []
     for batch in val.eval_batches(config.eval.batch_size, config.eval.max_images):
         inputs, _, seg = to_model_inputs(batch, config.model, torch.device("cpu"))
         masks = model(inputs)["masks"].float()
@@ -79,6 +118,8 @@ def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
         if picture is not None and not rows["n"] and "image" in batch:
             picture.write_bytes(side_by_side(batch["image"][:8], seg[:8], masks[:8],
                                              blocks[:8]))
+        all_masks.append(F.interpolate(masks, size=seg.shape[-2:], mode="bilinear"))
+        all_seg.append(seg)
         rows["n"].append(torch.tensor([len(s.unique()) - int((s == 0).any()) for s in seg]))
         for prefix, predicted in (("", masks), ("b", blocks)):
             ari, best_overlap = object_metrics(predicted, seg)  # one contingency table each
@@ -90,7 +131,7 @@ def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
         keep = cat["n"] == n
         out.append((n, int(keep.sum()), {k: float(cat[k][keep].float().nanmean())
                                         for k in ("ari", "mbo", "bari", "bmbo")}))
-    return out
+    return out, stray_pixels(torch.cat(all_masks), torch.cat(all_seg))
 
 
 def main() -> None:
@@ -140,9 +181,16 @@ def main() -> None:
         print("| objects | images | FG-ARI | mBO | 2x2 blocks FG-ARI | 2x2 blocks mBO |")
         print("|---|---|---|---|---|---|")
         picture = workdir / "masks_vs_blocks.png"
-        for n, count, r in by_object_count(config, latest, picture):
+        rows, lone = by_object_count(config, latest, picture)
+        for n, count, r in rows:
             print(f"| {n} | {count} | {r['ari']:.3f} | {r['mbo']:.3f} | {r['bari']:.3f} | "
                   f"{r['bmbo']:.3f} |")
+        if lone["split"]:
+            print(f"\none-object images: {lone['split']} of {lone['images']} split across "
+                  f"slots; of their {lone['stray']} stray pixels {lone['rim']:.0%} lie on the "
+                  f"sprite's rim and {lone['to_background']:.0%} went to the background's "
+                  f"slot; median mask there {lone['winner_mask']:.2f} for the winning slot, "
+                  f"{lone['own_mask']:.2f} for the sprite's own")
         print(f"\n{picture}: input | ground truth | masks | 2x2 blocks, 8 validation scenes")
 
 

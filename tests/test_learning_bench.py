@@ -96,3 +96,33 @@ def test_learning_report_before_any_evaluation(dsprites16, tmp_path):
     assert "blocks 2x2" in proc.stdout
     assert "last: no evaluation yet" in proc.stdout
     assert "by objects" not in proc.stdout  # no checkpoint to break down
+
+
+def test_stray_pixels_counts_where_a_lone_sprite_is_split():
+    """The one-object diagnosis: which images are split, and whether the stray pixels
+    sit on the sprite's rim and go to the background's slot."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("learning", SCRIPT)
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+
+    seg = torch.zeros(3, 8, 8, dtype=torch.long)
+    seg[:, 2:6, 2:6] = 1  # a 4x4 sprite: 12 rim pixels, 4 inside
+    seg[2, 0, 0] = 2  # a second object: image 2 is not a one-object image
+    label = torch.zeros(3, 8, 8, dtype=torch.long)  # slot 0: the background
+    label[:, 2:6, 2:6] = 1  # slot 1: the sprite
+    label[0, 2, 2] = 2  # image 0: a rim pixel to an idle slot,
+    label[0, 2, 3] = 0  # another to the background's slot,
+    label[0, 3, 3] = 3  # an inside pixel to another idle slot
+    masks = torch.nn.functional.one_hot(label, 4).permute(0, 3, 1, 2).float() * 0.6 + 0.1
+    masks[0, 1, 2, 2] = 0.3  # the sprite's own slot's mask at its first stray pixel
+
+    out = learning.stray_pixels(masks, seg)
+    assert (out["images"], out["split"], out["stray"]) == (2, 1, 3)  # image 1 is whole
+    assert out["rim"] == pytest.approx(2 / 3)
+    assert out["to_background"] == pytest.approx(1 / 3)
+    assert out["winner_mask"] == pytest.approx(0.7)
+    assert out["own_mask"] == pytest.approx(0.1)  # median of 0.3, 0.1, 0.1
