@@ -646,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", metavar="FILE",
                    help="also write the summary tables as Markdown ('-': standard output)")
     args = p.parse_args(argv)
+    # One mask picture per report: MLflow's download progress bar is noise on stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         sweep = load_sweep(args.sweep)
         context, count = report(sweep, storage=args.storage, tracking_uri=args.tracking_uri,
