@@ -1,0 +1,101 @@
+"""bf16 autocast against fp32 for training steps on this machine's CPU.
+
+`train.precision: bf16` runs the model's forward pass under `torch.autocast(bfloat16)`
+(convolutions and matrix products in bf16, weights, optimiser and loss in fp32). On a
+CPU with AVX512-BF16 or AMX, oneDNN's bf16 convolutions are much faster than fp32 ones;
+without them bf16 is emulated and slower. Baseline: fp32, same model, same batch, same
+process, alternating, best of `--repeats`. Also printed: how far bf16's loss on the same
+weights and batch is from fp32's.
+
+    OMP_NUM_THREADS=1 python benchmarks/precision.py [--steps 10] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from slotsweep.batches import to_model_inputs
+from slotsweep.config import load_config
+from slotsweep.losses import compute_losses
+from slotsweep.models import build_model
+from slotsweep.train import train_step
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {  # name: (config file, overrides)
+    "dsprites_binding (32x32, batch 16)": ("configs/dsprites_binding.yaml", []),
+    "dsprites_binding64 (64x64, batch 16)": ("configs/dsprites_binding64.yaml",
+                                             ["train.batch_size=16"]),
+}
+
+
+def cpu_flags() -> str:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
+    except (OSError, IndexError):
+        return "unknown"
+    have = sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2"))
+    return ", ".join(have) or "none of avx2/avx512f/avx512_bf16/amx_bf16"
+
+
+def seconds_per_step(config, model, optimizer, batch, steps: int) -> float:
+    device = torch.device("cpu")
+    for step in range(2):  # warm-up: allocations, oneDNN primitive caches
+        train_step(model, optimizer, batch, config, step, device)
+    start = time.perf_counter()
+    for step in range(steps):
+        terms = train_step(model, optimizer, batch, config, step, device)
+    float(terms["loss"].detach())
+    return (time.perf_counter() - start) / steps
+
+
+@torch.no_grad()
+def loss_gap(configs: dict, batch) -> float:
+    """|loss_bf16 - loss_fp32| / loss_fp32 on the same (fresh, seeded) weights and batch."""
+    losses = {}
+    for precision, config in configs.items():
+        torch.manual_seed(0)
+        model = build_model(config.model, config.loss)
+        inputs, target, _ = to_model_inputs(batch, config.model, torch.device("cpu"))
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            out = model(inputs)
+        losses[precision] = float(compute_losses(out, target, config.loss, step=0)["loss"])
+    return abs(losses["bf16"] - losses["fp32"]) / losses["fp32"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU flags: {cpu_flags()}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| config | fp32 s/step | bf16 s/step | speed-up | bf16 loss gap |")
+    print("|---|---|---|---|---|")
+    for name, (path, overrides) in CONFIGS.items():
+        configs = {p: load_config(path, [*overrides, f"train.precision={p}", "train.device=cpu"])
+                   for p in ("fp32", "bf16")}
+        size = configs["fp32"].model.resolution
+        batch = {"image": torch.randint(0, 256, (configs["fp32"].train.batch_size, size, size, 3),
+                                        generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.uint8)}
+        best = {}
+        for _ in range(args.repeats):  # alternate, so drift on a shared host hits both
+            for precision, config in configs.items():
+                torch.manual_seed(0)
+                model = build_model(config.model, config.loss)
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+                t = seconds_per_step(config, model, optimizer, batch, args.steps)
+                best[precision] = min(best.get(precision, t), t)
+        print(f"| {name} | {best['fp32']:.3f} | {best['bf16']:.3f} | "
+              f"{best['fp32'] / best['bf16']:.2f}x | {loss_gap(configs, batch):.1e} |")
+
+
+if __name__ == "__main__":
+    main()
