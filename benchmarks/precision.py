@@ -7,7 +7,7 @@ without them bf16 is emulated and slower. Baseline: fp32, same model, same batch
 process, alternating, best of `--repeats`. Also printed: how far bf16's loss on the same
 weights and batch is from fp32's.
 
-    OMP_NUM_THREADS=1 python benchmarks/precision.py [--steps 10] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/precision.py [--steps 10] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -72,14 +72,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="batch 2, 1 step, 1 repeat (CI)")
     args = parser.parse_args()
+    extra = ["train.batch_size=2"] if args.smoke else []
+    if args.smoke:
+        args.steps, args.repeats = 1, 1
     os.chdir(ROOT)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU flags: {cpu_flags()}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| config | fp32 s/step | bf16 s/step | speed-up | bf16 loss gap |")
     print("|---|---|---|---|---|")
     for name, (path, overrides) in CONFIGS.items():
-        configs = {p: load_config(path, [*overrides, f"train.precision={p}", "train.device=cpu"])
+        configs = {p: load_config(path, [*overrides, *extra, f"train.precision={p}",
+                                         "train.device=cpu"])
                    for p in ("fp32", "bf16")}
         size = configs["fp32"].model.resolution
         batch = {"image": torch.randint(0, 256, (configs["fp32"].train.batch_size, size, size, 3),

@@ -126,3 +126,18 @@ def test_stray_pixels_counts_where_a_lone_sprite_is_split():
     assert out["to_background"] == pytest.approx(1 / 3)
     assert out["winner_mask"] == pytest.approx(0.7)
     assert out["own_mask"] == pytest.approx(0.1)  # median of 0.3, 0.1, 0.1
+
+
+def test_precision_benchmark_prints_both_precisions():
+    """benchmarks/precision.py --smoke: a row per config, the speed-up is fp32 / bf16 as
+    printed, and bf16's loss on the same weights is within 1% of fp32's."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "precision.py"), "--smoke"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table(proc.stdout, "| config |")
+    assert [r[0].split()[0] for r in rows] == ["dsprites_binding", "dsprites_binding64"]
+    for _, fp32, bf16, speedup, gap in rows:
+        assert float(speedup.rstrip("x")) == pytest.approx(float(fp32) / float(bf16), rel=0.05)
+        assert float(gap) < 1e-2
