@@ -9,6 +9,9 @@
 #      sharper masks help FG-ARI on one-object scenes?
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
 # latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists.
+# PRECISION (default bf16; the first lease ran fp32) is train.precision for every run:
+# bf16 autocast halves a step on a CPU with AVX512-BF16 (BENCHMARKS.md) and uses the
+# GPU's tensor cores, so a lease takes A further.
 # Needs pydantic's wheels in .whl/ where the machine lacks them (device README).
 #   OUT=/tmp/o TRAIN_SECONDS=400 bash benchmarks/device_binding.sh
 set -u
@@ -17,6 +20,7 @@ DEVICE=${DEVICE:-cuda}
 OUT=${OUT:?set OUT to a folder for the results}
 PY=${PY:-python3}
 RUNS=${RUNS:-A B}
+PRECISION=${PRECISION:-bf16}
 if [ -d .whl ] && ! $PY -c "import pydantic" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -46,7 +50,7 @@ declare -A ARGS=(
 )
 for run in $RUNS; do
   timeout -s TERM "$TRAIN_SECONDS" $PY benchmarks/learning.py ${ARGS[$run]} train.device=$DEVICE \
-    --workdir "$W/$run" > "$W/$run.log" 2>&1 &
+    train.precision=$PRECISION --workdir "$W/$run" > "$W/$run.log" 2>&1 &
 done
 wait
 for run in $RUNS; do
