@@ -327,11 +327,20 @@ def seeds_label(group: dict[str, Any]) -> str:
     return f"{group['n']} ({extra})" if extra else str(group["n"])
 
 
+def welch_p(xs: list[float], ys: list[float]) -> float | None:
+    """Two-sided p of Welch's t-test; None where it is undefined (no spread on either
+    side, where scipy would warn and return NaN)."""
+    from scipy import stats
+
+    if len(set(xs)) < 2 and len(set(ys)) < 2:
+        return None
+    p = float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
+    return p if math.isfinite(p) else None
+
+
 def loss_type_tests(groups: list[dict[str, Any]], metric: str, mode: str) -> list[dict]:
     """Each loss type's best setting (by mean over seeds) against every other's:
     Welch's t-test on the per-seed values (two-sided; needs 2+ seeds on both sides)."""
-    from scipy import stats
-
     best: dict[str, dict] = {}
     for g in groups:
         if len(g["values"].get(metric, [])) < 2:
@@ -346,11 +355,9 @@ def loss_type_tests(groups: list[dict[str, Any]], metric: str, mode: str) -> lis
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             x, y = best[a]["values"][metric], best[b]["values"][metric]
-            test = stats.ttest_ind(x, y, equal_var=False)
-            p = float(test.pvalue)
             out.append({"a": f"{a} ({best[a]['setting']})", "b": f"{b} ({best[b]['setting']})",
                         "diff": best[a]["mean"][metric] - best[b]["mean"][metric],
-                        "p": p if math.isfinite(p) else None, "n": f"{len(x)} vs {len(y)}"})
+                        "p": welch_p(x, y), "n": f"{len(x)} vs {len(y)}"})
     return out
 
 
@@ -360,8 +367,6 @@ def published_comparison(groups: list[dict[str, Any]], published, metric: str,
     same difference here (Welch's t-test over finished seeds): 'agrees' or 'disagrees'
     when p < alpha, 'not resolved' otherwise, 'waiting' below 2 seeds on either side.
     A variant swept over other settings too is represented by its best setting."""
-    from scipy import stats
-
     def pick(variant: str) -> dict[str, Any] | None:
         mine = [g for g in groups if g["params"].get("variant") == variant]
         scored = [g for g in mine if metric in g["mean"]]
@@ -394,9 +399,7 @@ def published_comparison(groups: list[dict[str, Any]], published, metric: str,
                     rows.append(row)
                     continue
                 row["diff"] = row["mean_a"] - row["mean_b"]
-                if len(set(xs)) > 1 or len(set(ys)) > 1:  # no spread at all: no test
-                    p = float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
-                    row["p"] = p if math.isfinite(p) else None
+                row["p"] = welch_p(xs, ys)
                 same = row["diff"] * row["paper_diff"] > 0
                 if row["p"] is not None and row["p"] < alpha:
                     row["verdict"] = "agrees" if same else "disagrees"
