@@ -437,6 +437,19 @@ def _png(data: bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode() if data else None
 
 
+def step_progress(trials: list[TrialView], pending: int, base_steps: int) -> dict[str, int]:
+    """Training steps done so far and the most still to do (early stopping can only cut
+    it): what is left of running and interrupted trials plus the pending trials' steps."""
+    trained = to_go = 0
+    for t in trials:
+        planned = int(t.config.get("train.steps", base_steps))
+        reached = min(int(t.metrics.get("step", 0)), planned)
+        trained += reached
+        if t.status in ("running", "interrupted"):
+            to_go += planned - reached
+    return {"trained": trained, "to_go": to_go + pending * base_steps}
+
+
 def best_trial(trials: list[TrialView], metric: str, mode: str) -> TrialView | None:
     scored = [t for t in trials if _finite(t.metrics.get(metric))]
     if not scored:
@@ -460,6 +473,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
               for s in ("finished", "stopped early", "failed", "running", "interrupted")}
     requested = max(sweep.num_trials(), len(trials))
     counts["pending"] = requested - len(trials)
+    steps = step_progress(trials, counts["pending"], int(sweep.base_flat()["train.steps"]))
     probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")})
     columns = [{"key": "trial", "label": "trial", "numeric": False},
                *({"key": k, "label": k, "numeric": all(
@@ -501,7 +515,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
         "sweep": sweep.name, "description": (spec.description or "").strip(),
         "instance": instance or "all instances", "tracking_uri": tracking_uri,
         "experiment_id": experiment_id, "metric": spec.search.metric, "mode": spec.search.mode,
-        "counts": counts, "requested": requested,
+        "counts": counts, "requested": requested, "steps": steps,
         "figures": [*param_figures(trials, keys, axes, references),
                     *curve_figures(trials, best, references)],
         "columns": columns, "rows": rows,
@@ -525,6 +539,9 @@ def markdown(context: dict[str, Any]) -> str:
         return f"{value:.3f} ± {ci:.3f}" if _finite(ci) else f"{value:.3f}"
 
     counts = ", ".join(f"{n} {s}" for s, n in context["counts"].items() if n)
+    steps = context.get("steps")
+    if steps and steps["to_go"]:
+        counts += f"; {steps['trained']:,} steps trained, at most {steps['to_go']:,} to go"
     lines = [f"Sweep `{context['sweep']}` ({context['instance']}): {counts}.", ""]
     if context["seed_groups"]:
         metrics = context["seed_metrics"]

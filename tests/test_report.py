@@ -127,6 +127,7 @@ def test_report_renders_plots_table_and_masks_in_chromium(swept):
         outcomes = [t.data.tags["slotsweep.outcome"] for t in trials]
         assert int(progress.get_attribute("data-finished")) == outcomes.count("finished")
         assert int(progress.get_attribute("data-pending")) == 0
+        assert not browser.find_elements(By.ID, "steps")  # nothing left to train
         for image in ("best-masks", "baseline-masks"):
             width = browser.execute_script(
                 f"return document.getElementById('{image}').naturalWidth")
@@ -328,6 +329,34 @@ def test_seed_statistics_count_finished_trials_only():
     text = markdown(context)
     assert "| loss.type=none | none | 2 (+1 failed, +1 running) | 0.550 ± " in text
     assert "| loss.type=cosine | cosine | 0 (+1 running) | – |" in text
+
+
+def test_progress_counts_steps_trained_and_the_most_left_to_train():
+    """Running and interrupted trials owe the rest of their steps, pending ones all of
+    them; finished, early-stopped and failed trials owe nothing."""
+    from slotsweep.report import markdown, step_progress
+
+    trials = []
+    for i, (status, step) in enumerate([("finished", 40), ("stopped early", 10),
+                                        ("failed", 5), ("running", 25),
+                                        ("interrupted", 30)]):
+        t = _trial(f"t{i}", "none", 1.0, 0.5)
+        t.status, t.metrics["step"] = status, step
+        t.config["train.steps"] = 40
+        trials.append(t)
+    trials[3].config["train.steps"] = 60  # a searched step budget is the trial's own
+    steps = step_progress(trials, pending=2, base_steps=40)
+    assert steps == {"trained": 40 + 10 + 5 + 25 + 30, "to_go": (60 - 25) + (40 - 30) + 2 * 40}
+
+    empty = {"seed_groups": [], "columns": [], "rows": [], "metric": "val/fg_ari",
+             "mode": "max", "tests": [], "baselines": {}}
+    text = markdown({"sweep": "s", "instance": "run-002", "counts": {"running": 1},
+                     "steps": {"trained": 80000, "to_go": 280000}, **empty})
+    assert text.startswith("Sweep `s` (run-002): 1 running; 80,000 steps trained, "
+                           "at most 280,000 to go.")
+    done = markdown({"sweep": "s", "instance": "run-002", "counts": {"finished": 9},
+                     "steps": {"trained": 360000, "to_go": 0}, **empty})
+    assert done.startswith("Sweep `s` (run-002): 9 finished.\n")
 
 
 def test_published_differences_are_set_next_to_this_sweeps():
