@@ -36,7 +36,9 @@ from slotsweep.sweep_spec import COMPARABLE_METRICS, Sweep, load_sweep
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 TEMPLATE = "sweep_report.html.j2"
 METRICS = {"val/fg_ari": "FG-ARI", "val/mbo": "mBO", "val/stripe": "stripe score"}
+# In the order of the paper's Table 2, each colour channel after the colour's mean.
 PROBE_LABELS = {"probe/shape_acc": "shape (acc.)", "probe/color_r2": "colour R²",
+                "probe/r_r2": "red R²", "probe/g_r2": "green R²", "probe/b_r2": "blue R²",
                 "probe/scale_r2": "scale R²", "probe/x_r2": "x R²", "probe/y_r2": "y R²"}
 # Plotted against these keys (when they vary) plus every numeric key of the search space.
 AXES = {"loss.beta": "β", "model.slot_size": "slot size", "loss.proj_depth": "head depth"}
@@ -71,7 +73,7 @@ class TrialView:
 
 
 def _label(metric: str) -> str:
-    """How a table heads a metric: 'FG-ARI', 'shape (acc.)', 'x R²', 'probe/r_r2' → 'r_r2'."""
+    """How a table heads a metric: 'FG-ARI', 'shape (acc.)', 'x R²', 'probe/new' → 'new'."""
     return METRICS.get(metric) or PROBE_LABELS.get(metric) or metric.removeprefix("probe/")
 
 
@@ -474,7 +476,9 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     requested = max(sweep.num_trials(), len(trials))
     counts["pending"] = requested - len(trials)
     steps = step_progress(trials, counts["pending"], int(sweep.base_flat()["train.steps"]))
-    probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")})
+    order = list(PROBE_LABELS)
+    probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")},
+                    key=lambda m: (order.index(m) if m in order else len(order), m))
     columns = [{"key": "trial", "label": "trial", "numeric": False},
                *({"key": k, "label": k, "numeric": all(
                    _finite(t.config.get(k)) for t in trials if t.relevant(k))} for k in keys),
