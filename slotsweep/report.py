@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 from collections import Counter
@@ -59,6 +61,8 @@ class TrialView:
     config: dict[str, Any]  # the flattened resolved trial config (MLflow params)
     metrics: dict[str, float]  # last values
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    pace: float | None = None  # steps per wall-clock second over its last evaluations
+
 
     @property
     def loss_type(self) -> str:
@@ -119,6 +123,8 @@ def load_trials(client, experiment_id: str, instance: str | None) -> list[TrialV
             if key in view.metrics:
                 history = client.get_metric_history(run.info.run_id, key)
                 view.history[key] = sorted({m.step: m.value for m in history}.items())
+                if key == "val/fg_ari" and status == "running":
+                    view.pace = wall_pace(history)
         trials.append(view)
     return sorted(trials, key=lambda t: t.trial_id)
 
@@ -439,9 +445,21 @@ def _png(data: bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode() if data else None
 
 
-def step_progress(trials: list[TrialView], pending: int, base_steps: int) -> dict[str, int]:
+def wall_pace(history, last: int = 4) -> float | None:
+    """Steps per second of wall-clock time over a trial's last `last` intervals between
+    logged points of one metric (MLflow timestamps; evaluation and checkpointing
+    included): the median, so a pause for an interruption and resume does not count."""
+    points = sorted({m.step: m.timestamp for m in history}.items())[-(last + 1):]
+    rates = [(b[0] - a[0]) / ((b[1] - a[1]) / 1000)
+             for a, b in itertools.pairwise(points) if b[1] > a[1]]
+    return statistics.median(rates) if rates else None
+
+
+def step_progress(trials: list[TrialView], pending: int, base_steps: int) -> dict[str, Any]:
     """Training steps done so far and the most still to do (early stopping can only cut
-    it): what is left of running and interrupted trials plus the pending trials' steps."""
+    it): what is left of running and interrupted trials plus the pending trials' steps;
+    and, while trials run, hours left at their summed pace (an estimate: a last trial
+    running alone goes slower in wall-clock terms)."""
     trained = to_go = 0
     for t in trials:
         planned = int(t.config.get("train.steps", base_steps))
@@ -449,7 +467,11 @@ def step_progress(trials: list[TrialView], pending: int, base_steps: int) -> dic
         trained += reached
         if t.status in ("running", "interrupted"):
             to_go += planned - reached
-    return {"trained": trained, "to_go": to_go + pending * base_steps}
+    to_go += pending * base_steps
+    paces = [t.pace for t in trials if t.status == "running" and t.pace]
+    pace = sum(paces) if paces else None
+    return {"trained": trained, "to_go": to_go, "pace": pace,
+            "hours": to_go / pace / 3600 if pace and to_go else None}
 
 
 def best_trial(trials: list[TrialView], metric: str, mode: str) -> TrialView | None:
@@ -546,6 +568,9 @@ def markdown(context: dict[str, Any]) -> str:
     steps = context.get("steps")
     if steps and steps["to_go"]:
         counts += f"; {steps['trained']:,} steps trained, at most {steps['to_go']:,} to go"
+        if steps.get("hours"):
+            counts += (f" (about {steps['hours']:.1f} h at the running trials' "
+                       f"{steps['pace']:.1f} steps/s)")
     lines = [f"Sweep `{context['sweep']}` ({context['instance']}): {counts}.", ""]
     if context["seed_groups"]:
         metrics = context["seed_metrics"]

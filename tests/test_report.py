@@ -346,7 +346,12 @@ def test_progress_counts_steps_trained_and_the_most_left_to_train():
         trials.append(t)
     trials[3].config["train.steps"] = 60  # a searched step budget is the trial's own
     steps = step_progress(trials, pending=2, base_steps=40)
-    assert steps == {"trained": 40 + 10 + 5 + 25 + 30, "to_go": (60 - 25) + (40 - 30) + 2 * 40}
+    to_go = (60 - 25) + (40 - 30) + 2 * 40
+    assert steps == {"trained": 40 + 10 + 5 + 25 + 30, "to_go": to_go,
+                     "pace": None, "hours": None}  # no pace measured: no estimate
+    trials[3].pace, trials[4].pace = 0.01, 99.0  # the interrupted one is not running
+    steps = step_progress(trials, pending=2, base_steps=40)
+    assert steps["pace"] == 0.01 and steps["hours"] == pytest.approx(to_go / 0.01 / 3600)
 
     empty = {"seed_groups": [], "columns": [], "rows": [], "metric": "val/fg_ari",
              "mode": "max", "tests": [], "baselines": {}}
@@ -354,9 +359,34 @@ def test_progress_counts_steps_trained_and_the_most_left_to_train():
                      "steps": {"trained": 80000, "to_go": 280000}, **empty})
     assert text.startswith("Sweep `s` (run-002): 1 running; 80,000 steps trained, "
                            "at most 280,000 to go.")
+    timed = markdown({"sweep": "s", "instance": "run-002", "counts": {"running": 2},
+                      "steps": {"trained": 80000, "to_go": 270000, "pace": 12.5,
+                                "hours": 6.0}, **empty})
+    assert "at most 270,000 to go (about 6.0 h at the running trials' 12.5 steps/s)." in timed
     done = markdown({"sweep": "s", "instance": "run-002", "counts": {"finished": 9},
                      "steps": {"trained": 360000, "to_go": 0}, **empty})
     assert done.startswith("Sweep `s` (run-002): 9 finished.\n")
+
+
+def test_pace_is_wall_clock_steps_per_second_and_ignores_a_pause():
+    """Pace comes from MLflow's timestamps of the evaluations (evaluation time included),
+    as the median interval, so one long pause (interrupted, resumed a day later) does
+    not make the estimate absurd."""
+    from mlflow.entities import Metric
+
+    from slotsweep.report import wall_pace
+
+    def history(*points):  # (step, seconds)
+        return [Metric("val/fg_ari", 0.5, int(t * 1000), step) for step, t in points]
+
+    assert wall_pace(history((1000, 0), (2000, 200), (3000, 400))) == pytest.approx(5.0)
+    paused = history((1000, 0), (2000, 200), (3000, 86_400), (4000, 86_600), (5000, 86_800))
+    assert wall_pace(paused) == pytest.approx(5.0)
+    assert wall_pace(history((1000, 0))) is None  # one point: no interval
+    # Only the last intervals count: a trial that sped up is judged on its recent pace.
+    sped_up = history((0, 0), (1000, 1000), (2000, 1100), (3000, 1200), (4000, 1300),
+                      (5000, 1400))
+    assert wall_pace(sped_up, last=4) == pytest.approx(10.0)
 
 
 def test_published_differences_are_set_next_to_this_sweeps():
