@@ -346,6 +346,28 @@ def welch_p(xs: list[float], ys: list[float]) -> float | None:
     return p if math.isfinite(p) else None
 
 
+def seeds_for_power(diff: float, xs: list[float], ys: list[float], *, power: float = 0.8,
+                    alpha: float = 0.05, limit: int = 100) -> int | None:
+    """Seeds per side that Welch's two-sided test needs to find a true difference `diff`
+    with probability `power`, at the spread of `xs` and `ys` (sample variances): the
+    smallest n (2..limit) by the noncentral t distribution, None above `limit` or when
+    neither side varies."""
+    from scipy import stats
+
+    vx, vy = statistics.variance(xs), statistics.variance(ys)
+    var = vx + vy
+    if not (math.isfinite(var) and var > 0) or diff == 0:
+        return None
+    quartic = vx ** 2 + vy ** 2
+    for n in range(2, limit + 1):
+        df = var ** 2 / (quartic / (n - 1))  # Welch-Satterthwaite, n seeds per side
+        nc = abs(diff) / math.sqrt(var / n)
+        t = stats.t.ppf(1 - alpha / 2, df)
+        if stats.nct.sf(t, df, nc) + stats.nct.cdf(-t, df, nc) >= power:
+            return n
+    return None
+
+
 def loss_type_tests(groups: list[dict[str, Any]], metric: str, mode: str) -> list[dict]:
     """Each loss type's best setting (by mean over seeds) against every other's:
     Welch's t-test on the per-seed values (two-sided; needs 2+ seeds on both sides)."""
@@ -397,7 +419,8 @@ def published_comparison(groups: list[dict[str, Any]], published, metric: str,
                 row = {"metric": m, "a": a, "b": b, "paper_a": values[a][m],
                        "paper_b": values[b][m], "paper_diff": values[a][m] - values[b][m],
                        "n": f"{len(xs)} vs {len(ys)}", "mean_a": None, "mean_b": None,
-                       "ci_a": None, "ci_b": None, "diff": None, "p": None}
+                       "ci_a": None, "ci_b": None, "diff": None, "p": None,
+                       "seeds_needed": None}
                 if xs:
                     row["mean_a"], row["ci_a"] = ga["mean"][m], ga["ci"][m]
                 if ys:
@@ -408,6 +431,7 @@ def published_comparison(groups: list[dict[str, Any]], published, metric: str,
                     continue
                 row["diff"] = row["mean_a"] - row["mean_b"]
                 row["p"] = welch_p(xs, ys)
+                row["seeds_needed"] = seeds_for_power(row["paper_diff"], xs, ys)
                 same = row["diff"] * row["paper_diff"] > 0
                 if row["p"] is not None and row["p"] < alpha:
                     row["verdict"] = "agrees" if same else "disagrees"
@@ -564,6 +588,11 @@ def markdown(context: dict[str, Any]) -> str:
             return "–"
         return f"{value:.3f} ± {ci:.3f}" if _finite(ci) else f"{value:.3f}"
 
+    def needed(row: dict[str, Any]) -> str:
+        if row.get("seeds_needed"):
+            return str(row["seeds_needed"])
+        return "> 100" if row.get("p") is not None else "–"
+
     counts = ", ".join(f"{n} {s}" for s, n in context["counts"].items() if n)
     steps = context.get("steps")
     if steps and steps["to_go"]:
@@ -606,15 +635,17 @@ def markdown(context: dict[str, Any]) -> str:
         pub = context["published"]
         lines += ["", f"Against the published values ({pub['source']}): each difference "
                   "between two variants there, and here (Welch's t-test over the finished "
-                  "seeds; 'agrees'/'disagrees' at p < 0.05).", "",
-                  "| metric | variants | published | here | seeds | p (Welch) | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+                  "seeds; 'agrees'/'disagrees' at p < 0.05). 'Seeds needed': seeds per "
+                  "variant for an 80% chance to resolve the published difference, were it "
+                  "the true one here, at this sweep's spread over seeds.", "",
+                  "| metric | variants | published | here | seeds | p (Welch) | verdict | "
+                  "seeds needed |", "|---|---|---|---|---|---|---|---|"]
         for r in pub["rows"]:
             here = f"{cell(r['mean_a'], r['ci_a'])} vs {cell(r['mean_b'], r['ci_b'])}"
             p = "–" if r["p"] is None else f"{r['p']:.3g}"
             lines.append(f"| {pub['labels'].get(r['metric'], r['metric'])} | {r['a']} vs "
                          f"{r['b']} | {r['paper_a']:.3f} vs {r['paper_b']:.3f} | {here} | "
-                         f"{r['n']} | {p} | {r['verdict']} |")
+                         f"{r['n']} | {p} | {r['verdict']} | {needed(r)} |")
     if context["baselines"]:
         labels = list(next(iter(context["baselines"].values())))
         lines += ["", "| trivial baseline | " + " | ".join(labels) + " |",

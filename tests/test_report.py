@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from slotsweep.report import TrialView, mean_ci, param_figures
+from slotsweep.report import TrialView, mean_ci, param_figures, seeds_for_power
 from tests.browser import chromium, mlflow_server, require_chromium
 from tests.sweep_helpers import mlflow_runs, run, sweep_file
 
@@ -294,8 +294,12 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
         assert row.get_attribute("data-verdict") in ("agrees", "disagrees",
                                                      "not resolved (same direction)",
                                                      "not resolved (other direction)")
-        assert row.find_elements(By.TAG_NAME, "td")[3].text.startswith(
-            f"{means['plain']:.3f} ± ")
+        cells = row.find_elements(By.TAG_NAME, "td")
+        assert cells[3].text.startswith(f"{means['plain']:.3f} ± ")
+        values = {v: [r.data.metrics["val/fg_ari"] for r in trials
+                      if r.data.params["variant"] == v] for v in ("plain", "cosine")}
+        needed = seeds_for_power(0.1, values["plain"], values["cosine"])
+        assert cells[7].text == (str(needed) if needed else "> 100")
 
 
 def test_seed_statistics_count_finished_trials_only():
@@ -389,6 +393,29 @@ def test_pace_is_wall_clock_steps_per_second_and_ignores_a_pause():
     assert wall_pace(sped_up, last=4) == pytest.approx(10.0)
 
 
+def test_seeds_for_power_matches_a_simulation_of_welchs_test():
+    """The number of seeds it takes to resolve a difference: at the returned n, Welch's
+    test on simulated seeds finds the difference ~80% of the time; at n - 1, less."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+
+    def simulated_power(n: int, diff: float, sd: float, reps: int = 20_000) -> float:
+        x = rng.normal(0.0, sd, (reps, n))
+        y = rng.normal(diff, sd, (reps, n))
+        return float((stats.ttest_ind(x, y, axis=1, equal_var=False).pvalue < 0.05).mean())
+
+    xs = ys = [0.0, 1.0]  # sample sd 0.707 on each side
+    n = seeds_for_power(1.0, xs, ys)
+    assert n == 9  # Cohen's d = 1.41
+    assert simulated_power(n, 1.0, 0.5 ** 0.5) >= 0.78
+    assert simulated_power(n - 1, 1.0, 0.5 ** 0.5) < 0.78
+    assert seeds_for_power(-1.0, xs, ys) == n  # two-sided: the sign does not matter
+    assert seeds_for_power(0.5, xs, ys) > n  # a smaller difference needs more seeds
+    assert seeds_for_power(0.01, xs, ys) is None  # more than 100
+    assert seeds_for_power(1.0, [0.5, 0.5], [0.2, 0.2]) is None  # no spread to judge by
+
+
 def test_published_differences_are_set_next_to_this_sweeps():
     """Each difference between two variants in the published values is compared, by
     direction and Welch's test over finished seeds, with the same difference here."""
@@ -424,6 +451,8 @@ def test_published_differences_are_set_next_to_this_sweeps():
     assert verdict[("a", "d")] == verdict[("c", "d")] == "waiting for seeds"  # d: 1 seed
     ab = rows[("val/fg_ari", "a", "b")]
     assert ab["paper_diff"] == pytest.approx(0.2) and ab["n"] == "3 vs 3"
+    assert ab["seeds_needed"] == 2  # 0.2 against a spread of ~0.01: two seeds suffice
+    assert rows[("val/fg_ari", "a", "d")]["seeds_needed"] is None  # waiting: no spread yet
     assert ab["diff"] == pytest.approx(np.mean([t.metrics["val/fg_ari"] for t in trials[:3]])
                                        - np.mean([t.metrics["val/fg_ari"] for t in trials[3:6]]))
     assert rows[("probe/x_r2", "a", "b")]["p"] is None  # no spread at all: no test
@@ -440,4 +469,4 @@ def test_published_differences_are_set_next_to_this_sweeps():
                      "published": {"source": "Table 1", "labels": {"val/fg_ari": "FG-ARI"},
                                    "rows": [row]}})
     assert "Against the published values (Table 1)" in text
-    assert "| FG-ARI | b vs a | 0.900 vs 0.700 | " in text and "| disagrees |" in text
+    assert "| FG-ARI | b vs a | 0.900 vs 0.700 | " in text and "| disagrees | 2 |" in text
