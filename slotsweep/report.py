@@ -42,6 +42,10 @@ METRICS = {"val/fg_ari": "FG-ARI", "val/mbo": "mBO", "val/stripe": "stripe score
 PROBE_LABELS = {"probe/shape_acc": "shape (acc.)", "probe/color_r2": "colour R²",
                 "probe/r_r2": "red R²", "probe/g_r2": "green R²", "probe/b_r2": "blue R²",
                 "probe/scale_r2": "scale R²", "probe/x_r2": "x R²", "probe/y_r2": "y R²"}
+# The final training value of each loss term (the paper's Sec. 4.3.1: "the model is
+# easily able to bring the covariance loss to a value on the order of 1e-10").
+LOSS_TERMS = {"train/recon": "recon loss", "train/covariance": "covariance term",
+              "train/variance": "variance term", "train/cosine": "cosine term"}
 # Plotted against these keys (when they vary) plus every numeric key of the search space.
 AXES = {"loss.beta": "β", "model.slot_size": "slot size", "loss.proj_depth": "head depth"}
 LOSS_COLOURS = {"none": "#4c72b0", "covloss": "#dd8452", "vicreg": "#55a868",
@@ -78,7 +82,8 @@ class TrialView:
 
 def _label(metric: str) -> str:
     """How a table heads a metric: 'FG-ARI', 'shape (acc.)', 'x R²', 'probe/new' → 'new'."""
-    return METRICS.get(metric) or PROBE_LABELS.get(metric) or metric.removeprefix("probe/")
+    return (METRICS.get(metric) or PROBE_LABELS.get(metric) or LOSS_TERMS.get(metric)
+            or metric.removeprefix("probe/"))
 
 
 def _dom_id(text: str) -> str:
@@ -525,12 +530,13 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     order = list(PROBE_LABELS)
     probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")},
                     key=lambda m: (order.index(m) if m in order else len(order), m))
+    terms = [m for m in LOSS_TERMS if any(_finite(t.metrics.get(m)) for t in trials)]
     columns = [{"key": "trial", "label": "trial", "numeric": False},
                *({"key": k, "label": k, "numeric": all(
                    _finite(t.config.get(k)) for t in trials if t.relevant(k))} for k in keys),
                *({"key": m, "label": label, "numeric": True} for m, label in METRICS.items()),
                *({"key": m, "label": _label(m), "numeric": True}
-                 for m in probes),
+                 for m in (*probes, *terms)),
                {"key": "step", "label": "step", "numeric": True},
                {"key": "status", "label": "status", "numeric": False},
                {"key": "error", "label": "error", "numeric": False}]
@@ -541,20 +547,21 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
                                "step": t.metrics.get("step")}
         row.update({k: t.config.get(k) if t.relevant(k) else None for k in keys})
         row.update({m: t.metrics.get(m) if _finite(t.metrics.get(m)) else None
-                    for m in (*METRICS, *probes)})
+                    for m in (*METRICS, *probes, *terms)})
         rows.append(row)
     best_png, best_path = best_masks(client, best) if best is not None else (None, None)
-    groups = seed_groups(trials, keys, [*METRICS, *probes])
+    groups = seed_groups(trials, keys, [*METRICS, *probes, *terms])
     repeated = any(g["size"] >= 2 for g in groups)  # the design repeats seeds
     seeds_fig = seed_figure(groups) if repeated else None
     return {
         "seed_groups": [
             {"setting": g["setting"], "loss": g["loss"], "n": g["n"], "trials": g["trials"],
              "seeds": seeds_label(g),
-             "cells": {m: (g["mean"].get(m), g["ci"].get(m)) for m in [*METRICS, *probes]}}
+             "cells": {m: (g["mean"].get(m), g["ci"].get(m))
+                       for m in [*METRICS, *probes, *terms]}}
             for g in sorted(groups, key=lambda g: -(g["mean"].get(spec.search.metric) or 0))
         ] if repeated else [],
-        "seed_metrics": {m: _label(m) for m in [*METRICS, *probes]},
+        "seed_metrics": {m: _label(m) for m in [*METRICS, *probes, *terms]},
         "tests": loss_type_tests(groups, spec.search.metric, spec.search.mode) if repeated else [],
         "published": None if spec.published is None else {
             "source": spec.published.source,
@@ -586,7 +593,9 @@ def markdown(context: dict[str, Any]) -> str:
     def cell(value: Any, ci: Any = None) -> str:
         if not _finite(value):
             return "–"
-        return f"{value:.3f} ± {ci:.3f}" if _finite(ci) else f"{value:.3f}"
+        # As the HTML table: tiny values (loss terms) in e-notation, the interval alike.
+        spec = ".3f" if value == 0 or abs(value) >= 0.01 else ".2e"
+        return f"{value:{spec}} ± {ci:{spec}}" if _finite(ci) else f"{value:{spec}}"
 
     def needed(row: dict[str, Any]) -> str:
         if row.get("seeds_needed"):

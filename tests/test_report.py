@@ -123,6 +123,19 @@ def test_report_renders_plots_table_and_masks_in_chromium(swept):
         assert shape == {k: f"{t.data.metrics['probe/shape_acc']:.3f}"
                          for k, t in by_trial.items()}
 
+        # Each loss term's final training value, in e-notation when tiny; "–" where a
+        # trial's loss type has no such term.
+        def shown_as(v: float) -> str:
+            return f"{v:.3f}" if abs(v) >= 0.01 else f"{v:.2e}"
+
+        terms = [k for k in ("train/recon", "train/covariance", "train/cosine")
+                 if any(k in t.data.metrics for t in trials)]
+        assert "train/recon" in terms
+        for key in terms:
+            cells = dict(zip(column("trial"), column(key), strict=True))
+            assert cells == {k: shown_as(t.data.metrics[key]) if key in t.data.metrics
+                             else "–" for k, t in by_trial.items()}, key
+
         progress = browser.find_element(By.ID, "progress")
         outcomes = [t.data.tags["slotsweep.outcome"] for t in trials]
         assert int(progress.get_attribute("data-finished")) == outcomes.count("finished")
@@ -414,6 +427,22 @@ def test_seeds_for_power_matches_a_simulation_of_welchs_test():
     assert seeds_for_power(0.5, xs, ys) > n  # a smaller difference needs more seeds
     assert seeds_for_power(0.01, xs, ys) is None  # more than 100
     assert seeds_for_power(1.0, [0.5, 0.5], [0.2, 0.2]) is None  # no spread to judge by
+
+
+def test_markdown_writes_tiny_loss_terms_in_e_notation():
+    """A covariance term near 1e-10 (the paper's Sec. 4.3.1) must not read as 0.000."""
+    from slotsweep.report import markdown
+
+    text = markdown({"sweep": "s", "instance": "run-001", "counts": {"finished": 4},
+                     "seed_metrics": {"val/fg_ari": "FG-ARI",
+                                      "train/covariance": "covariance term"},
+                     "seed_groups": [{"setting": "variant=covloss", "loss": "covloss",
+                                      "seeds": "2", "cells": {
+                                          "val/fg_ari": (0.5, 0.004),
+                                          "train/covariance": (3.2e-10, 1.5e-10)}}],
+                     "tests": [], "baselines": {}})
+    assert "| FG-ARI | covariance term |" in text
+    assert "| variant=covloss | covloss | 2 | 0.500 ± 0.004 | 3.20e-10 ± 1.50e-10 |" in text
 
 
 def test_published_differences_are_set_next_to_this_sweeps():
