@@ -611,13 +611,18 @@ def markdown(context: dict[str, Any]) -> str:
                        f"{steps['pace']:.1f} steps/s)")
     lines = [f"Sweep `{context['sweep']}` ({context['instance']}): {counts}.", ""]
     if context["seed_groups"]:
-        metrics = context["seed_metrics"]
-        lines += ["| setting | loss | seeds | " + " | ".join(metrics.values()) + " |",
-                  "|---|---|---|" + "---|" * len(metrics)]
-        for g in context["seed_groups"]:
-            lines.append(f"| {g['setting']} | {g['loss']} | {g['seeds']} | "
-                         + " | ".join(cell(*g["cells"][m]) for m in metrics) + " |")
-        lines.append("")
+        # One table each for the masks' scores, the probe and the loss terms: narrow
+        # enough to read in a README or an issue.
+        tables: dict[str, dict[str, str]] = {}
+        for m, label in context["seed_metrics"].items():
+            tables.setdefault(m.split("/")[0], {})[m] = label
+        for metrics in tables.values():
+            lines += ["| setting | loss | seeds | " + " | ".join(metrics.values()) + " |",
+                      "|---|---|---|" + "---|" * len(metrics)]
+            for g in context["seed_groups"]:
+                lines.append(f"| {g['setting']} | {g['loss']} | {g['seeds']} | "
+                             + " | ".join(cell(*g["cells"][m]) for m in metrics) + " |")
+            lines.append("")
         lines.append("Mean ± half-width of the 95% Student-t interval over the finished "
                      "seeds; unfinished trials are counted beside them, not averaged.")
     else:

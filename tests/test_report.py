@@ -441,8 +441,11 @@ def test_markdown_writes_tiny_loss_terms_in_e_notation():
                                           "val/fg_ari": (0.5, 0.004),
                                           "train/covariance": (3.2e-10, 1.5e-10)}}],
                      "tests": [], "baselines": {}})
-    assert "| FG-ARI | covariance term |" in text
-    assert "| variant=covloss | covloss | 2 | 0.500 ± 0.004 | 3.20e-10 ± 1.50e-10 |" in text
+    # Scores and loss terms in separate tables, each row naming its setting.
+    assert "| setting | loss | seeds | FG-ARI |\n" in text
+    assert "| setting | loss | seeds | covariance term |\n" in text
+    assert "| variant=covloss | covloss | 2 | 0.500 ± 0.004 |\n" in text
+    assert "| variant=covloss | covloss | 2 | 3.20e-10 ± 1.50e-10 |\n" in text
 
 
 def test_published_differences_are_set_next_to_this_sweeps():
