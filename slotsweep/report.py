@@ -588,15 +588,17 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     }
 
 
+def mean_pm(value: Any, ci: Any = None) -> str:
+    """'0.466 ± 0.151'; tiny values (loss terms) in e-notation, the interval alike, as
+    the HTML trials table writes them; '–' for no value."""
+    if not _finite(value):
+        return "–"
+    spec = ".3f" if value == 0 or abs(value) >= 0.01 else ".2e"
+    return f"{value:{spec}} ± {ci:{spec}}" if _finite(ci) else f"{value:{spec}}"
+
+
 def markdown(context: dict[str, Any]) -> str:
     """The summary tables of `context` as Markdown."""
-    def cell(value: Any, ci: Any = None) -> str:
-        if not _finite(value):
-            return "–"
-        # As the HTML table: tiny values (loss terms) in e-notation, the interval alike.
-        spec = ".3f" if value == 0 or abs(value) >= 0.01 else ".2e"
-        return f"{value:{spec}} ± {ci:{spec}}" if _finite(ci) else f"{value:{spec}}"
-
     def needed(row: dict[str, Any]) -> str:
         if row.get("seeds_needed"):
             return str(row["seeds_needed"])
@@ -621,7 +623,7 @@ def markdown(context: dict[str, Any]) -> str:
                       "|---|---|---|" + "---|" * len(metrics)]
             for g in context["seed_groups"]:
                 lines.append(f"| {g['setting']} | {g['loss']} | {g['seeds']} | "
-                             + " | ".join(cell(*g["cells"][m]) for m in metrics) + " |")
+                             + " | ".join(mean_pm(*g["cells"][m]) for m in metrics) + " |")
             lines.append("")
         lines.append("Mean ± half-width of the 95% Student-t interval over the finished "
                      "seeds; unfinished trials are counted beside them, not averaged.")
@@ -635,7 +637,7 @@ def markdown(context: dict[str, Any]) -> str:
         ranked = sorted(context["rows"], key=lambda r: (r.get(metric) is None,
                                                         sign * (r.get(metric) or 0)))
         for r in ranked:
-            values = [cell(r.get(k)) if isinstance(r.get(k), float) else _fmt(r.get(k))
+            values = [mean_pm(r.get(k)) if isinstance(r.get(k), float) else _fmt(r.get(k))
                       for k in keys]
             lines.append(f"| {r['trial']} | " + " | ".join(values)
                          + f" | {_fmt(r['step'])} | {r['status']} |")
@@ -655,7 +657,7 @@ def markdown(context: dict[str, Any]) -> str:
                   "| metric | variants | published | here | seeds | p (Welch) | verdict | "
                   "seeds needed |", "|---|---|---|---|---|---|---|---|"]
         for r in pub["rows"]:
-            here = f"{cell(r['mean_a'], r['ci_a'])} vs {cell(r['mean_b'], r['ci_b'])}"
+            here = f"{mean_pm(r['mean_a'], r['ci_a'])} vs {mean_pm(r['mean_b'], r['ci_b'])}"
             p = "–" if r["p"] is None else f"{r['p']:.3g}"
             lines.append(f"| {pub['labels'].get(r['metric'], r['metric'])} | {r['a']} vs "
                          f"{r['b']} | {r['paper_a']:.3f} vs {r['paper_b']:.3f} | {here} | "
@@ -665,7 +667,7 @@ def markdown(context: dict[str, Any]) -> str:
         lines += ["", "| trivial baseline | " + " | ".join(labels) + " |",
                   "|---|" + "---|" * len(labels)]
         for name, scores in context["baselines"].items():
-            lines.append(f"| {name} | " + " | ".join(cell(float(v)) for v in scores.values())
+            lines.append(f"| {name} | " + " | ".join(mean_pm(float(v)) for v in scores.values())
                          + " |")
     return "\n".join(lines) + "\n"
 
@@ -677,6 +679,7 @@ def render(context: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(DASHBOARDS),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "allow_nan": False}
+    env.filters["mean_pm"] = lambda cell: mean_pm(*cell)
     page = env.get_template(TEMPLATE)
     data = _clean(context)
     return page.render(data=data, plotly_js=plotly.offline.get_plotlyjs(), **data)
