@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from slotsweep.report import CHROMIUM_FLAGS as FLAGS
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-# Chromium's own background traffic is refused by a closed network; keep it quiet.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1000")
 
 
 def require_chromium() -> None:

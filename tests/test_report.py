@@ -150,9 +150,18 @@ def test_report_renders_plots_table_and_masks_in_chromium(swept):
         assert [u for u in fetched if not u.startswith(("data:", "file:"))] == []
         shot = tmp / "report.png"
         browser.save_screenshot(str(shot))
+        full_height = browser.execute_script("return document.documentElement.scrollHeight")
     picture = Image.open(io.BytesIO(shot.read_bytes())).convert("RGB")
     assert picture.size[0] >= 1000
     assert len(picture.getcolors(1 << 24)) > 200  # plots, masks and text, not a blank page
+
+    # --png: the report's own picture of the whole page, for a README or an issue.
+    proc, _ = make_report(tmp, path, "--png", str(tmp / "page.png"))
+    assert proc.returncode == 0, proc.stderr
+    page = Image.open(tmp / "page.png").convert("RGB")
+    assert page.size[0] >= 1000 and page.size[1] >= full_height  # all of it, not a window
+    bottom = page.crop((0, page.size[1] * 9 // 10, page.size[0], page.size[1]))
+    assert len(bottom.getcolors(1 << 24)) > 20  # the page's end (table, text) is in it
 
 
 @pytest.mark.slow
@@ -427,6 +436,17 @@ def test_seeds_for_power_matches_a_simulation_of_welchs_test():
     assert seeds_for_power(0.5, xs, ys) > n  # a smaller difference needs more seeds
     assert seeds_for_power(0.01, xs, ys) is None  # more than 100
     assert seeds_for_power(1.0, [0.5, 0.5], [0.2, 0.2]) is None  # no spread to judge by
+
+
+def test_png_without_a_browser_says_what_to_install(tmp_path, monkeypatch):
+    from slotsweep.report import ScreenshotError, screenshot
+
+    page = tmp_path / "r.html"
+    page.write_text("<html></html>")
+    monkeypatch.setenv("SLOTSWEEP_CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(ScreenshotError, match="apt install chromium chromium-driver"):
+        screenshot(page, tmp_path / "r.png")
+    assert not (tmp_path / "r.png").exists()
 
 
 def test_markdown_writes_tiny_loss_terms_in_e_notation():
