@@ -764,71 +764,15 @@ def main(argv: list[str] | None = None) -> int:
         _write(Path(args.markdown), markdown(context))
         print(f"{args.markdown}: summary tables")
     if args.png:
+        from slotsweep.chromium import ChromiumError, screenshot
+
         try:
             screenshot(out, Path(args.png))
-        except ScreenshotError as exc:
+        except ChromiumError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"{args.png}: a picture of the page")
     return 0
-
-
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    # Chromium's own background traffic is refused by a closed network; keep it quiet.
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1400,1000")
-
-
-class ScreenshotError(RuntimeError):
-    """No browser to take the picture with; says what to install."""
-
-
-def screenshot(html: Path, png: Path, *, width: int = 1400, timeout: float = 120) -> None:
-    """The whole rendered page as a PNG (for a README or an issue), once every plot has
-    drawn: headless Chromium through Selenium (the dev extra). The browser is
-    $SLOTSWEEP_CHROMIUM or `chromium` on the PATH, its driver $SLOTSWEEP_CHROMEDRIVER or
-    `chromedriver` (Debian: apt install chromium chromium-driver)."""
-    import shutil
-
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
-    except ImportError:
-        raise ScreenshotError("--png needs selenium: pip install -e '.[dev]'") from None
-    browser = os.environ.get("SLOTSWEEP_CHROMIUM") or shutil.which("chromium")
-    driver_path = os.environ.get("SLOTSWEEP_CHROMEDRIVER") or shutil.which("chromedriver")
-    if not (browser and Path(browser).is_file() and driver_path and Path(driver_path).is_file()):
-        raise ScreenshotError("--png needs Chromium and its driver (apt install chromium "
-                              "chromium-driver, or set $SLOTSWEEP_CHROMIUM and "
-                              "$SLOTSWEEP_CHROMEDRIVER)")
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = browser
-        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(options=options, service=Service(driver_path))
-        try:
-            driver.set_window_size(width, 1000)
-            driver.get(html.resolve().as_uri())
-            WebDriverWait(driver, timeout).until(lambda d: all(
-                p.find_elements(By.CSS_SELECTOR, "svg.main-svg")
-                for p in d.find_elements(By.CSS_SELECTOR, "div.plot")))
-            for _ in range(4):  # grow the window until the page fits (plots reflow)
-                page, view = driver.execute_script(
-                    "return [document.documentElement.scrollHeight, window.innerHeight]")
-                if view >= page:
-                    break
-                driver.set_window_size(width, driver.get_window_size()["height"] + page - view)
-            png.parent.mkdir(parents=True, exist_ok=True)
-            tmp = png.with_name(png.name + ".tmp.png")
-            if not driver.save_screenshot(str(tmp)):
-                raise ScreenshotError(f"Chromium took no picture of {html}")
-            tmp.replace(png)
-        finally:
-            driver.quit()
 
 
 def _write(path: Path, text: str) -> None:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-
-from slotsweep.report import CHROMIUM_FLAGS as FLAGS
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -35,20 +31,10 @@ def require_chromium() -> None:
 def chromium():
     """A Selenium WebDriver on headless Chromium with a fresh profile."""
     require_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from slotsweep.chromium import headless
 
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    try:
+    with headless(CHROMIUM, CHROMEDRIVER) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def free_port() -> int:

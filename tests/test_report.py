@@ -439,12 +439,12 @@ def test_seeds_for_power_matches_a_simulation_of_welchs_test():
 
 
 def test_png_without_a_browser_says_what_to_install(tmp_path, monkeypatch):
-    from slotsweep.report import ScreenshotError, screenshot
+    from slotsweep.chromium import ChromiumError, screenshot
 
     page = tmp_path / "r.html"
     page.write_text("<html></html>")
     monkeypatch.setenv("SLOTSWEEP_CHROMIUM", str(tmp_path / "no-chromium"))
-    with pytest.raises(ScreenshotError, match="apt install chromium chromium-driver"):
+    with pytest.raises(ChromiumError, match="apt install chromium chromium-driver"):
         screenshot(page, tmp_path / "r.png")
     assert not (tmp_path / "r.png").exists()
 
