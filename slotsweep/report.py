@@ -3,16 +3,20 @@
 It reads the sweep's trial runs from MLflow (the same store `slotsweep.run` writes) and
 renders `dashboards/sweep_report.html.j2`: FG-ARI, mBO and stripe score against β per
 loss type and against slot size and head depth, the learning curves, the best trial's
-masks next to the block baseline's, a table of every trial sortable by any column, and
-the sweep's progress. Plotly's JavaScript is inlined, so the page opens offline.
+masks next to the block baseline's, a table of every trial sortable by any column
+(scores, probe, the last value of each loss term), and the sweep's progress (trials,
+steps, an estimate of the hours left). Plotly's JavaScript is inlined, so the page opens
+offline.
 
     python -m slotsweep.report quickstart                  # → dashboards/reports/quickstart.html
     python -m slotsweep.report coco_beta_sweep --out /tmp/coco.html
     python -m slotsweep.report paper_small --markdown results.md   # + a Markdown summary
+    python -m slotsweep.report paper_small --png page.png  # + a picture of the page
 
 The Markdown summary (for a README or an issue) is the seeded table (mean ± 95% CI per
-setting), the loss-type tests, the comparison with the sweep file's `published` values
-and the trivial baselines, or the trials ranked by the sweep metric when nothing was
+setting, in three tables: mask scores, probe, loss terms), the loss-type tests, the
+comparison with the sweep file's `published` values (with the seeds each difference
+would need) and the trivial baselines, or the trials ranked by the sweep metric when nothing was
 repeated over seeds.
 """
 
