@@ -16,8 +16,8 @@ offline.
 The Markdown summary (for a README or an issue) is the seeded table (mean ± 95% CI per
 setting, in three tables: mask scores, probe, loss terms), the loss-type tests, the
 comparison with the sweep file's `published` values (with the seeds each difference
-would need) and the trivial baselines, or the trials ranked by the sweep metric when nothing was
-repeated over seeds.
+would need) and the trivial baselines, or the trials ranked by the sweep metric when
+nothing was repeated over seeds.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ class TrialView:
     metrics: dict[str, float]  # last values
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     pace: float | None = None  # steps per wall-clock second over its last evaluations
-
 
     @property
     def loss_type(self) -> str:
@@ -535,6 +534,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")},
                     key=lambda m: (order.index(m) if m in order else len(order), m))
     terms = [m for m in LOSS_TERMS if any(_finite(t.metrics.get(m)) for t in trials)]
+    shown = [*METRICS, *probes, *terms]  # every value the tables show per trial or setting
     columns = [{"key": "trial", "label": "trial", "numeric": False},
                *({"key": k, "label": k, "numeric": all(
                    _finite(t.config.get(k)) for t in trials if t.relevant(k))} for k in keys),
@@ -551,21 +551,20 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
                                "step": t.metrics.get("step")}
         row.update({k: t.config.get(k) if t.relevant(k) else None for k in keys})
         row.update({m: t.metrics.get(m) if _finite(t.metrics.get(m)) else None
-                    for m in (*METRICS, *probes, *terms)})
+                    for m in shown})
         rows.append(row)
     best_png, best_path = best_masks(client, best) if best is not None else (None, None)
-    groups = seed_groups(trials, keys, [*METRICS, *probes, *terms])
+    groups = seed_groups(trials, keys, shown)
     repeated = any(g["size"] >= 2 for g in groups)  # the design repeats seeds
     seeds_fig = seed_figure(groups) if repeated else None
     return {
         "seed_groups": [
             {"setting": g["setting"], "loss": g["loss"], "n": g["n"], "trials": g["trials"],
              "seeds": seeds_label(g),
-             "cells": {m: (g["mean"].get(m), g["ci"].get(m))
-                       for m in [*METRICS, *probes, *terms]}}
+             "cells": {m: (g["mean"].get(m), g["ci"].get(m)) for m in shown}}
             for g in sorted(groups, key=lambda g: -(g["mean"].get(spec.search.metric) or 0))
         ] if repeated else [],
-        "seed_metrics": {m: _label(m) for m in [*METRICS, *probes, *terms]},
+        "seed_metrics": {m: _label(m) for m in shown},
         "tests": loss_type_tests(groups, spec.search.metric, spec.search.mode) if repeated else [],
         "published": None if spec.published is None else {
             "source": spec.published.source,
@@ -601,13 +600,16 @@ def mean_pm(value: Any, ci: Any = None) -> str:
     return f"{value:{spec}} ± {ci:{spec}}" if _finite(ci) else f"{value:{spec}}"
 
 
+def seeds_needed(row: dict[str, Any]) -> str:
+    """A published-comparison row's 'seeds needed' cell: the number, '> 100' where the
+    search gave up, '–' where there was no spread to judge by."""
+    if row.get("seeds_needed"):
+        return str(row["seeds_needed"])
+    return "> 100" if row.get("p") is not None else "–"
+
+
 def markdown(context: dict[str, Any]) -> str:
     """The summary tables of `context` as Markdown."""
-    def needed(row: dict[str, Any]) -> str:
-        if row.get("seeds_needed"):
-            return str(row["seeds_needed"])
-        return "> 100" if row.get("p") is not None else "–"
-
     counts = ", ".join(f"{n} {s}" for s, n in context["counts"].items() if n)
     steps = context.get("steps")
     if steps and steps["to_go"]:
@@ -665,7 +667,7 @@ def markdown(context: dict[str, Any]) -> str:
             p = "–" if r["p"] is None else f"{r['p']:.3g}"
             lines.append(f"| {pub['labels'].get(r['metric'], r['metric'])} | {r['a']} vs "
                          f"{r['b']} | {r['paper_a']:.3f} vs {r['paper_b']:.3f} | {here} | "
-                         f"{r['n']} | {p} | {r['verdict']} | {needed(r)} |")
+                         f"{r['n']} | {p} | {r['verdict']} | {seeds_needed(r)} |")
     if context["baselines"]:
         labels = list(next(iter(context["baselines"].values())))
         lines += ["", "| trivial baseline | " + " | ".join(labels) + " |",
@@ -684,6 +686,7 @@ def render(context: dict[str, Any]) -> str:
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "allow_nan": False}
     env.filters["mean_pm"] = lambda cell: mean_pm(*cell)
+    env.filters["seeds_needed"] = seeds_needed
     page = env.get_template(TEMPLATE)
     data = _clean(context)
     return page.render(data=data, plotly_js=plotly.offline.get_plotlyjs(), **data)
