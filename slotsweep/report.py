@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import heapq
 import itertools
 import json
 import math
@@ -132,7 +133,8 @@ def load_trials(client, experiment_id: str, instance: str | None) -> list[TrialV
                 history = client.get_metric_history(run.info.run_id, key)
                 view.history[key] = sorted({m.step: m.value for m in history}.items())
                 if key == "val/fg_ari" and status == "running":
-                    view.pace = wall_pace(history)
+                    resumed = tags.get("slotsweep.resumed_at")
+                    view.pace = wall_pace(history, resumed_at=int(resumed) if resumed else None)
         trials.append(view)
     return sorted(trials, key=lambda t: t.trial_id)
 
@@ -477,33 +479,61 @@ def _png(data: bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode() if data else None
 
 
-def wall_pace(history, last: int = 4) -> float | None:
+def wall_pace(history, last: int = 4, resumed_at: int | None = None) -> float | None:
     """Steps per second of wall-clock time over a trial's last `last` intervals between
     logged points of one metric (MLflow timestamps; evaluation and checkpointing
-    included): the median, so a pause for an interruption and resume does not count."""
-    points = sorted({m.step: m.timestamp for m in history}.items())[-(last + 1):]
-    rates = [(b[0] - a[0]) / ((b[1] - a[1]) / 1000)
-             for a, b in itertools.pairwise(points) if b[1] > a[1]]
+    included), leaving out the interval across the latest resume (`resumed_at`, ms): the
+    sweep was stopped in it. The median, so that an older pause does not count either."""
+    points = sorted({m.step: m.timestamp for m in history}.items())
+    intervals = [(a, b) for a, b in itertools.pairwise(points) if b[1] > a[1]
+                 and not (resumed_at is not None and a[1] < resumed_at <= b[1])]
+    rates = [(b[0] - a[0]) / ((b[1] - a[1]) / 1000) for a, b in intervals[-last:]]
     return statistics.median(rates) if rates else None
 
 
 def step_progress(trials: list[TrialView], pending: int, base_steps: int) -> dict[str, Any]:
     """Training steps done so far and the most still to do (early stopping can only cut
-    it): what is left of running and interrupted trials plus the pending trials' steps;
-    and, while trials run, hours left at their summed pace (an estimate: a last trial
-    running alone goes slower in wall-clock terms)."""
+    it): what is left of running and interrupted trials plus the pending trials' steps.
+
+    While trials run, also how long that takes: the running trials go on at their own
+    pace and, as each ends, the next waiting trial takes its place at their mean pace,
+    as many at a time as run now. So a last trial that runs alone is not counted as fast
+    as all of them together (a trial on one core of two does not speed up alone).
+    """
     trained = to_go = 0
+    waiting = []  # steps of each trial that has yet to (re)start
+    running = []  # (steps left, pace or None)
     for t in trials:
         planned = int(t.config.get("train.steps", base_steps))
         reached = min(int(t.metrics.get("step", 0)), planned)
         trained += reached
-        if t.status in ("running", "interrupted"):
-            to_go += planned - reached
+        if t.status == "running":
+            running.append((planned - reached, t.pace))
+        elif t.status == "interrupted":
+            waiting.append(planned - reached)
+        else:
+            continue
+        to_go += planned - reached
+    waiting += [base_steps] * pending
     to_go += pending * base_steps
-    paces = [t.pace for t in trials if t.status == "running" and t.pace]
-    pace = sum(paces) if paces else None
-    return {"trained": trained, "to_go": to_go, "pace": pace,
-            "hours": to_go / pace / 3600 if pace and to_go else None}
+    paces = [p for _, p in running if p]
+    if not paces or not to_go:
+        return {"trained": trained, "to_go": to_go, "pace": None, "hours": None}
+    each = statistics.fmean(paces)
+    ends = sorted(left / (p or each) for left, p in running)  # seconds until a slot frees
+    for steps in waiting:
+        heapq.heappush(ends, heapq.heappop(ends) + steps / each)
+    return {"trained": trained, "to_go": to_go, "pace": each, "at_once": len(running),
+            "hours": max(ends) / 3600}
+
+
+def progress_text(steps: dict[str, Any]) -> str:
+    """'N steps trained, at most M to go (about H h, K at a time at P steps/s each)'."""
+    text = f"{steps['trained']:,} steps trained, at most {steps['to_go']:,} to go"
+    if steps.get("hours"):
+        text += (f" (about {steps['hours']:.1f} h, {steps['at_once']} at a time at "
+                 f"{steps['pace']:.1f} steps/s each)")
+    return text
 
 
 def best_trial(trials: list[TrialView], metric: str, mode: str) -> TrialView | None:
@@ -613,10 +643,7 @@ def markdown(context: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in context["counts"].items() if n)
     steps = context.get("steps")
     if steps and steps["to_go"]:
-        counts += f"; {steps['trained']:,} steps trained, at most {steps['to_go']:,} to go"
-        if steps.get("hours"):
-            counts += (f" (about {steps['hours']:.1f} h at the running trials' "
-                       f"{steps['pace']:.1f} steps/s)")
+        counts += "; " + progress_text(steps)
     lines = [f"Sweep `{context['sweep']}` ({context['instance']}): {counts}.", ""]
     if context["seed_groups"]:
         # One table each for the masks' scores, the probe and the loss terms: narrow
@@ -687,6 +714,7 @@ def render(context: dict[str, Any]) -> str:
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "allow_nan": False}
     env.filters["mean_pm"] = lambda cell: mean_pm(*cell)
     env.filters["seeds_needed"] = seeds_needed
+    env.filters["progress_text"] = progress_text
     page = env.get_template(TEMPLATE)
     data = _clean(context)
     return page.render(data=data, plotly_js=plotly.offline.get_plotlyjs(), **data)

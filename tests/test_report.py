@@ -377,7 +377,10 @@ def test_progress_counts_steps_trained_and_the_most_left_to_train():
                      "pace": None, "hours": None}  # no pace measured: no estimate
     trials[3].pace, trials[4].pace = 0.01, 99.0  # the interrupted one is not running
     steps = step_progress(trials, pending=2, base_steps=40)
-    assert steps["pace"] == 0.01 and steps["hours"] == pytest.approx(to_go / 0.01 / 3600)
+    # One trial at a time: the running one's 35 steps, then the interrupted one's 10 and
+    # the pending ones' 40 each, one after another at the same pace.
+    assert steps["pace"] == 0.01 and steps["at_once"] == 1
+    assert steps["hours"] == pytest.approx(to_go / 0.01 / 3600)
 
     empty = {"seed_groups": [], "columns": [], "rows": [], "metric": "val/fg_ari",
              "mode": "max", "tests": [], "baselines": {}}
@@ -386,12 +389,41 @@ def test_progress_counts_steps_trained_and_the_most_left_to_train():
     assert text.startswith("Sweep `s` (run-002): 1 running; 80,000 steps trained, "
                            "at most 280,000 to go.")
     timed = markdown({"sweep": "s", "instance": "run-002", "counts": {"running": 2},
-                      "steps": {"trained": 80000, "to_go": 270000, "pace": 12.5,
-                                "hours": 6.0}, **empty})
-    assert "at most 270,000 to go (about 6.0 h at the running trials' 12.5 steps/s)." in timed
+                      "steps": {"trained": 80000, "to_go": 270000, "pace": 6.25,
+                                "at_once": 2, "hours": 6.0}, **empty})
+    assert "at most 270,000 to go (about 6.0 h, 2 at a time at 6.2 steps/s each)." in timed
     done = markdown({"sweep": "s", "instance": "run-002", "counts": {"finished": 9},
                      "steps": {"trained": 360000, "to_go": 0}, **empty})
     assert done.startswith("Sweep `s` (run-002): 9 finished.\n")
+
+
+def test_time_to_go_runs_the_waiting_trials_as_slots_free_up():
+    """Hours left follow the schedule: each running trial at its own pace, the waiting
+    ones taking the first free place at the running trials' mean pace. A last trial that
+    runs alone takes as long as it takes alone, not a share of the summed pace; a trial
+    resumed too recently to have a pace of its own runs at the others'."""
+    from slotsweep.report import step_progress
+
+    def trial(status, step, pace=None):
+        t = _trial(f"t{step}{status}", "none", 1.0, 0.5)
+        t.status, t.metrics["step"], t.pace = status, step, pace
+        t.config["train.steps"] = 100
+        return t
+
+    # Two running at 1 step/s with 50 and 80 steps left; three trials wait. Places free at
+    # 50 s and 80 s; waiting trials end at 150, 180, then 250 s (the last one alone).
+    running = [trial("running", 50, 1.0), trial("running", 20, 1.0)]
+    steps = step_progress([*running, trial("finished", 100)], pending=3, base_steps=100)
+    assert steps["to_go"] == 50 + 80 + 300 and steps["at_once"] == 2
+    assert steps["hours"] == pytest.approx(250 / 3600)
+    assert steps["hours"] > steps["to_go"] / (2 * 1.0) / 3600  # the summed-pace estimate
+    # Just resumed, no pace yet: it runs at the mean of the others' (here 2 steps/s).
+    fresh = [trial("running", 0, 2.0), trial("running", 60)]
+    steps = step_progress(fresh, pending=0, base_steps=100)
+    assert steps["pace"] == 2.0 and steps["hours"] == pytest.approx(50 / 3600)
+    # No running trial has a pace yet: no estimate.
+    steps = step_progress([trial("running", 60)], pending=1, base_steps=100)
+    assert steps["hours"] is None and steps["to_go"] == 140
 
 
 def test_pace_is_wall_clock_steps_per_second_and_ignores_a_pause():
@@ -409,6 +441,12 @@ def test_pace_is_wall_clock_steps_per_second_and_ignores_a_pause():
     paused = history((1000, 0), (2000, 200), (3000, 86_400), (4000, 86_600), (5000, 86_800))
     assert wall_pace(paused) == pytest.approx(5.0)
     assert wall_pace(history((1000, 0))) is None  # one point: no interval
+    # Right after a resume the only interval may be the pause itself: the run's resume
+    # time (a tag the tracker sets) leaves it out, and with it nothing is left to judge.
+    resumed = history((0, 0), (1000, 200), (2000, 9_000))
+    assert wall_pace(resumed) < 3  # without it, the pause drags the median down
+    assert wall_pace(resumed, resumed_at=8_700_000) == pytest.approx(5.0)
+    assert wall_pace(history((1000, 0), (2000, 9_000)), resumed_at=8_700_000) is None
     # Only the last intervals count: a trial that sped up is judged on its recent pace.
     sped_up = history((0, 0), (1000, 1000), (2000, 1100), (3000, 1200), (4000, 1300),
                       (5000, 1400))

@@ -159,6 +159,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
     for r in cut:
         assert r.data.tags.get("slotsweep.outcome") == "interrupted", r.data.tags
         assert r.info.status == "KILLED"
+    first_stop_ms = time.time() * 1000
 
     # Ctrl-C again, in the run that resumes: it stops too, and starts no new experiment
     # of fresh trials (it did: a resumed fit() cut short looked like a finished one).
@@ -174,6 +175,15 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
     _, trials = check_consistent(storage, 3)
     assert [r.data.tags["slotsweep.outcome"] for r in trials] == ["finished"] * 3
     assert params_sequence(storage) == params_sequence(uninterrupted)
+    # A resumed trial's run says when a driver took it over (the report's pace leaves the
+    # pause out); a trial that ended in the first run was never resumed.
+    cut_ids = {r.data.tags["slotsweep.trial_id"] for r in cut}
+    for r in trials:
+        resumed = r.data.tags.get("slotsweep.resumed_at")
+        if r.data.tags["slotsweep.trial_id"] in cut_ids:
+            assert resumed is not None and int(resumed) > first_stop_ms, r.data.tags
+        elif r.data.tags["slotsweep.trial_id"] in ended:
+            assert resumed is None, r.data.tags
 
 
 def test_extending_a_finished_sweep_runs_only_new_trials(tmp_path, dsprites16):
