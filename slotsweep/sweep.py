@@ -83,6 +83,8 @@ def _atomic_local_uploads() -> None:
 
     upload._slotsweep_atomic = True
     storage._upload_to_fs_path = upload
+
+
 OUTCOMES = ("finished", "stopped early", "failed")
 UNFINISHED = ("pending", "running", "paused")  # Tune's status of a trial a stop cut short
 
