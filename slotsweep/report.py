@@ -500,9 +500,9 @@ def step_progress(trials: list[TrialView], pending: int, base_steps: int) -> dic
     as many at a time as run now. So a last trial that runs alone is not counted as fast
     as all of them together (a trial on one core of two does not speed up alone).
     """
-    trained = to_go = 0
-    waiting = []  # steps of each trial that has yet to (re)start
+    trained = 0
     running = []  # (steps left, pace or None)
+    interrupted = []  # steps left; these resume before the pending trials start
     for t in trials:
         planned = int(t.config.get("train.steps", base_steps))
         reached = min(int(t.metrics.get("step", 0)), planned)
@@ -510,12 +510,9 @@ def step_progress(trials: list[TrialView], pending: int, base_steps: int) -> dic
         if t.status == "running":
             running.append((planned - reached, t.pace))
         elif t.status == "interrupted":
-            waiting.append(planned - reached)
-        else:
-            continue
-        to_go += planned - reached
-    waiting += [base_steps] * pending
-    to_go += pending * base_steps
+            interrupted.append(planned - reached)
+    waiting = interrupted + [base_steps] * pending  # trials yet to (re)start, in order
+    to_go = sum(left for left, _ in running) + sum(waiting)
     paces = [p for _, p in running if p]
     if not paces or not to_go:
         return {"trained": trained, "to_go": to_go, "pace": None, "hours": None}
