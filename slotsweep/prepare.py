@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from slotsweep.data.shards import MANIFEST, ShardError
-from slotsweep.data.synthetic import write_dsprites
+from slotsweep.data.synthetic import default_workers, write_dsprites
 
 
 def _cuda() -> bool:
@@ -36,7 +36,7 @@ def _dsprites(args: argparse.Namespace) -> None:
         with tqdm(total=num, desc=f"dsprites {name}", unit="img", dynamic_ncols=True) as bar:
             write_dsprites(
                 out, num=num, seed=args.seed, start=start, resolution=args.resolution,
-                rows_per_shard=args.rows_per_shard, progress=bar.update,
+                rows_per_shard=args.rows_per_shard, progress=bar.update, workers=args.workers,
             )
         print(f"{out}: {num} scenes at {args.resolution}x{args.resolution}")
 
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ds.add_argument("--resolution", type=int, default=64)
     ds.add_argument("--seed", type=int, default=0)
     ds.add_argument("--rows-per-shard", type=int, default=4096)
+    ds.add_argument("--workers", type=int, default=default_workers(),
+                    help="generating processes (default: the cores, at most 8)")
     ds.set_defaults(run=_dsprites)
     ft = sub.add_parser("features", help="add frozen-ViT tokens to image shards")
     ft.add_argument("--in", dest="input", required=True, help="a split directory of shards")

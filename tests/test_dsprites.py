@@ -200,3 +200,30 @@ def test_invalid_arguments_raise():
         generate(2, seed=0, resolution=4)
     with pytest.raises(ValueError, match="shape ids"):
         sprite_mask(3, 1.0, 0.5, 0.5, 0.0, 16)
+
+
+def test_parallel_generation_writes_the_same_shards(tmp_path, monkeypatch):
+    """write_dsprites in worker processes writes what one process writes, row for row."""
+    import pyarrow as pa
+
+    from slotsweep.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_CHUNK", 8)  # 20 chunks: enough to start the pool
+    chunks = []
+    real = synthetic._chunks
+
+    def counting(starts, **kw):
+        chunks.append((len(starts), kw["workers"]))
+        return real(starts, **kw)
+
+    monkeypatch.setattr(synthetic, "_chunks", counting)
+    tables = {}
+    for workers in (1, 2):
+        out = synthetic.write_dsprites(tmp_path / f"w{workers}", num=160, seed=1, start=7,
+                                       resolution=16, rows_per_shard=64, workers=workers)
+        files = sorted(out.glob("shard-*.arrow"))
+        assert len(files) == 3
+        tables[workers] = pa.concat_tables(
+            pa.ipc.open_file(pa.memory_map(str(f))).read_all() for f in files)
+    assert chunks == [(20, 1), (20, 2)] and synthetic._POOL_MIN_CHUNKS <= 20
+    assert tables[1].num_rows == 160 and tables[1].equals(tables[2])

@@ -6,8 +6,10 @@ rows 0..N-1, validation rows N..N+M-1), like the paper's "first 60,000, next 320
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from filelock import FileLock
@@ -17,10 +19,41 @@ from slotsweep.data import dsprites
 from slotsweep.data.shards import MANIFEST, ShardError, ShardWriter, read_manifest
 
 _CHUNK = 1024
+_POOL_MIN_CHUNKS = 16  # below this, starting the processes costs more than they save
+
+
+def default_workers() -> int:
+    """Processes that generate scenes: the machine's cores, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _generator() -> str:
     return f"slotsweep.data.dsprites v{dsprites.GENERATOR_VERSION}"
+
+
+def _chunks(starts: list[tuple[int, int]], *, seed: int, resolution: int,
+            workers: int) -> Iterator[dict]:
+    """dsprites.generate for each (start, count), in order; in `workers` processes when
+    there are enough chunks to pay for starting them (each spawned process imports the
+    caller's main module: ~3 s on 2 cores; 40k scenes at 64 px took 15 s with 2 workers
+    against 21 s with one, 8k scenes 8.8 s against 6.0). Scenes are a function of their index, so
+    the result is the same whatever `workers` is. The processes are spawned, not
+    forked: the caller may be a Ray driver or worker with threads running."""
+    if workers <= 1 or len(starts) < _POOL_MIN_CHUNKS:
+        for start, count in starts:
+            yield dsprites.generate(count, seed=seed, start=start, resolution=resolution)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        window = 2 * workers  # chunks in flight: bounds memory to a few hundred MB
+        pending = []
+        for start, count in starts:
+            pending.append(pool.submit(dsprites.generate, count, seed=seed, start=start,
+                                       resolution=resolution))
+            if len(pending) >= window:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
 
 
 def write_dsprites(
@@ -32,8 +65,10 @@ def write_dsprites(
     resolution: int = 64,
     rows_per_shard: int = 4096,
     progress: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> Path:
-    """Generate scenes start..start+num-1 into shards at `out`; resumes an interrupted run."""
+    """Generate scenes start..start+num-1 into shards at `out`; resumes an interrupted run.
+    `workers` processes generate chunks of scenes in parallel (the same scenes)."""
     out = Path(out)
     attributes = {
         "dataset": "synthetic-colored-multi-dsprites",
@@ -46,12 +81,11 @@ def write_dsprites(
         done = writer.rows_done
         if progress and done:
             progress(done)
-        for lo in range(done, num, _CHUNK):
-            count = min(_CHUNK, num - lo)
-            writer.write(dsprites.generate(count, seed=seed, start=start + lo,
-                                           resolution=resolution))
+        starts = [(start + lo, min(_CHUNK, num - lo)) for lo in range(done, num, _CHUNK)]
+        for chunk in _chunks(starts, seed=seed, resolution=resolution, workers=workers):
+            writer.write(chunk)
             if progress:
-                progress(count)
+                progress(len(chunk["id"]))
     return out
 
 
@@ -73,12 +107,15 @@ def _matches(path: Path, *, num: int, seed: int, start: int, resolution: int) ->
     return True
 
 
-def ensure_synthetic(data: DataConfig, *, resolution: int, log=print) -> None:
-    """Make sure `data.train` and `data.val` hold the configured synthetic splits.
+def ensure_synthetic(data: DataConfig, *, resolution: int, log=print,
+                     workers: int | None = None) -> None:
+    """Make sure `data.train` and `data.val` hold the configured synthetic splits,
+    generated in `workers` processes (default: `default_workers()`).
 
     Safe when several trials start at once on one node: a file lock serialises them,
     and whoever comes second finds the data ready.
     """
+    workers = default_workers() if workers is None else workers
     splits = [
         (Path(data.train), data.synthetic_train, 0),
         (Path(data.val), data.synthetic_val, data.synthetic_train),
@@ -94,4 +131,4 @@ def ensure_synthetic(data: DataConfig, *, resolution: int, log=print) -> None:
             if log:
                 log(f"generating {num} synthetic multi-dSprites scenes ({resolution}px) "
                     f"into {path}")
-            write_dsprites(path, **kw)
+            write_dsprites(path, workers=workers, **kw)
