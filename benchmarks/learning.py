@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from slotsweep import checkpoint
-from slotsweep.baselines import block_masks, trivial_baselines
+from slotsweep.baselines import block_masks, margins, trivial_baselines
 from slotsweep.batches import Batches, to_model_inputs
 from slotsweep.config import load_config
 from slotsweep.data.synthetic import ensure_synthetic
@@ -101,10 +101,12 @@ def stray_pixels(masks: torch.Tensor, seg: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
-                    ) -> tuple[list[tuple[int, int, dict[str, float]]], dict[str, float]]:
+                    ) -> tuple[list[tuple[int, int, dict[str, float]]], dict[str, float],
+                               dict]:
     """Per number of objects: (count, images, mean scores of the model and of 2x2 blocks),
-    and `stray_pixels` of the one-object images; with `picture`, also writes the first 8
-    validation images' masks next to the blocks'."""
+    `stray_pixels` of the one-object images, and `margins` over the best trivial
+    baselines; with `picture`, also writes the first 8 validation images' masks next to
+    the blocks'."""
     model = build_model(config.model, config.loss)
     model.load_state_dict(checkpoint.load(checkpoint_dir)["model"])
     model.eval()
@@ -131,7 +133,13 @@ def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
         keep = cat["n"] == n
         out.append((n, int(keep.sum()), {k: float(cat[k][keep].float().nanmean())
                                         for k in ("ari", "mbo", "bari", "bmbo")}))
-    return out, stray_pixels(torch.cat(all_masks), torch.cat(all_seg))
+    seg = torch.cat(all_seg)
+    several = cat["n"] >= 2  # where FG-ARI is not all-or-nothing
+    margin = {images: margins({"fg_ari": cat["ari"][keep], "mbo": cat["mbo"][keep]},
+                              seg[keep])
+              for images, keep in (("all", torch.ones_like(several)), ("2+ objects", several))
+              if keep.any()}
+    return out, stray_pixels(torch.cat(all_masks), seg), margin
 
 
 def main() -> None:
@@ -181,10 +189,17 @@ def main() -> None:
         print("| objects | images | FG-ARI | mBO | 2x2 blocks FG-ARI | 2x2 blocks mBO |")
         print("|---|---|---|---|---|---|")
         picture = workdir / "masks_vs_blocks.png"
-        rows, lone = by_object_count(config, latest, picture)
+        rows, lone, margin = by_object_count(config, latest, picture)
         for n, count, r in rows:
             print(f"| {n} | {count} | {r['ari']:.3f} | {r['mbo']:.3f} | {r['bari']:.3f} | "
                   f"{r['bmbo']:.3f} |")
+        print("\nmargin over the best trivial baseline, paired over the images (mean "
+              "difference, 95% bootstrap CI):\n")
+        print("| metric | images | best baseline | margin | 95% CI |\n|---|---|---|---|---|")
+        for images, by_metric in margin.items():
+            for metric, m in by_metric.items():
+                print(f"| {metric} | {images} ({m.images}) | {m.baseline} | {m.mean:+.3f} | "
+                      f"{m.low:+.3f} to {m.high:+.3f} |")
         if lone["split"]:
             print(f"\none-object images: {lone['split']} of {lone['images']} split across "
                   f"slots; of their {lone['stray']} stray pixels {lone['rim']:.0%} lie on the "

@@ -6,6 +6,10 @@ of equal blocks (DINOSAUR reports the same "block masks" baseline on COCO).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from slotsweep.metrics import fg_ari, mbo, nanmean
@@ -21,16 +25,60 @@ def block_masks(grid: int, height: int, width: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(cell, grid * grid).permute(2, 0, 1).float()
 
 
-def trivial_baselines(segmentation: torch.Tensor) -> dict[str, dict[str, float]]:
-    """FG-ARI and mBO of each trivial baseline on label maps [B, H, W]."""
-    batch, height, width = segmentation.shape
+def baseline_masks(height: int, width: int) -> dict[str, torch.Tensor]:
+    """Each trivial baseline's masks [K, H, W], by name ("one slot", "blocks 2x2", ...)."""
     candidates = {"one slot": torch.ones(1, height, width)}
     candidates.update({f"blocks {g}x{g}": block_masks(g, height, width) for g in GRIDS})
+    return candidates
+
+
+def per_image_baselines(segmentation: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Per image [B] (NaN without objects): FG-ARI and mBO of each trivial baseline on
+    label maps [B, H, W]."""
+    batch, height, width = segmentation.shape
     scores = {}
-    for name, masks in candidates.items():
+    for name, masks in baseline_masks(height, width).items():
         masks = masks.unsqueeze(0).expand(batch, -1, -1, -1)
-        scores[name] = {
-            "fg_ari": nanmean(fg_ari(masks, segmentation)),
-            "mbo": nanmean(mbo(masks, segmentation)),
-        }
+        scores[name] = {"fg_ari": fg_ari(masks, segmentation), "mbo": mbo(masks, segmentation)}
     return scores
+
+
+def trivial_baselines(segmentation: torch.Tensor) -> dict[str, dict[str, float]]:
+    """FG-ARI and mBO of each trivial baseline on label maps [B, H, W]."""
+    return {name: {k: nanmean(v) for k, v in scores.items()}
+            for name, scores in per_image_baselines(segmentation).items()}
+
+
+@dataclass(frozen=True)
+class Margin:
+    """The model's mean score minus the best trivial baseline's, paired over images."""
+
+    baseline: str  # the baseline with the highest mean on this metric
+    images: int  # images with objects (the pairs)
+    mean: float
+    low: float  # 95% bootstrap confidence interval of the mean difference
+    high: float
+
+
+def margins(model: dict[str, torch.Tensor], segmentation: torch.Tensor, *,
+            seed: int = 0) -> dict[str, Margin]:
+    """For "fg_ari" and "mbo": per-image model scores [B] (as `object_metrics` gives
+    them) against the best trivial baseline on the same label maps [B, H, W], with a
+    paired bootstrap CI (BCa, scipy) of the mean difference over the images."""
+    from scipy.stats import bootstrap
+
+    baselines = per_image_baselines(segmentation)
+    out = {}
+    for metric in ("fg_ari", "mbo"):
+        best = max(baselines, key=lambda name: nanmean(baselines[name][metric]))
+        diff = (model[metric].double() - baselines[best][metric]).numpy()
+        diff = diff[np.isfinite(diff)]
+        mean = float(diff.mean()) if len(diff) else math.nan
+        if len(diff) < 2 or np.ptp(diff) == 0:  # nothing to resample: no spread, or none
+            low = high = mean if len(diff) else math.nan
+        else:
+            ci = bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=9999,
+                           rng=np.random.default_rng(seed)).confidence_interval
+            low, high = float(ci.low), float(ci.high)
+        out[metric] = Margin(best, len(diff), mean, low, high)
+    return out

@@ -71,6 +71,18 @@ def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
     model = sum(c * float(r[2]) for c, r in zip(counts, by_objects, strict=True)) / sum(counts)
     assert model == pytest.approx(curve[-1]["val/fg_ari"], abs=2e-3)
 
+    # The margins: the model's mean minus the best baseline's, paired over the images.
+    margin = {(r[0], r[1].split(" (")[0]): r for r in table(out, "| metric |")}
+    assert {images for _, images in margin} <= {"all", "2+ objects"}
+    for column, metric in ((0, "fg_ari"), (1, "mbo")):
+        _, images, best, mean, ci = margin[(metric, "all")]
+        assert int(images.split("(")[1].rstrip(")")) == sum(counts)
+        assert baselines[best][column] == max(b[column] for b in baselines.values())
+        assert float(mean) == pytest.approx(
+            curve[-1][f"val/{metric}"] - baselines[best][column], abs=3e-3)
+        low, high = (float(x) for x in ci.split(" to "))
+        assert low <= float(mean) <= high
+
     picture = tmp_path / "masks_vs_blocks.png"
     assert re.search(rf"{re.escape(str(picture))}: input \| ground truth", out)
     image = np.asarray(Image.open(picture))

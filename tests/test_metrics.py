@@ -257,3 +257,29 @@ def test_object_metrics_equals_fg_ari_and_mbo():
     ari, best = object_metrics(masks, seg)
     torch.testing.assert_close(ari, fg_ari(masks, seg), equal_nan=True)
     torch.testing.assert_close(best, mbo(masks, seg), equal_nan=True)
+
+
+def test_margins_over_the_best_trivial_baseline():
+    """The margin is the paired mean difference to the baseline with the best mean, per
+    metric, and its bootstrap CI is tight around a perfect model's and spans 0 for a
+    model that is the 2x2 blocks."""
+    from slotsweep.baselines import block_masks, margins, trivial_baselines
+    from slotsweep.data.dsprites import generate
+
+    seg = torch.from_numpy(generate(120, seed=2, resolution=32)["segmentation"]).long()
+    seg[0] = 0  # an image without objects: NaN scores, left out of the pairs
+    table = trivial_baselines(seg)
+    perfect = F.one_hot(seg, 5).permute(0, 3, 1, 2).float()
+    blocks = block_masks(2, 32, 32).expand(120, -1, -1, -1)
+    for masks, expect_positive in ((perfect, True), (blocks, False)):
+        scores = {"fg_ari": fg_ari(masks, seg), "mbo": mbo(masks, seg)}
+        out = margins(scores, seg)
+        for metric, m in out.items():
+            best = max(table, key=lambda name: table[name][metric])
+            assert m.baseline == best and m.images == 119
+            assert m.mean == pytest.approx(nanmean(scores[metric]) - table[best][metric])
+            assert m.low <= m.mean <= m.high
+        if expect_positive:
+            assert out["fg_ari"].low > 0.3 and out["mbo"].low > 0.5
+    assert out["fg_ari"].baseline == "blocks 2x2" and out["fg_ari"].mean == 0
+    assert out["mbo"].mean < 0 and out["mbo"].high < 0  # blocks 2x2 lose to 4x4 on mBO
