@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Issue 4's GPU check, in one device lease (about 8 minutes): learning benchmarks (RUNS,
-# default "A"; the first lease ran "B A C") share one GPU for TRAIN_SECONDS, then each prints its curve, baselines, by-object table
-# and mask picture (benchmarks/learning.py --report-only). Everything lands in
+# Issue 4's GPU check, in one device lease (about 9 minutes): learning benchmarks (RUNS,
+# default "A"; the first lease ran "B A C") share one GPU for TRAIN_SECONDS, then each prints its curve, baselines, by-object table,
+# margins and mask picture (benchmarks/learning.py --report-only). Everything lands in
 # $OUT/learn.tar.gz (curves, logs, reports, pictures, the latest checkpoint per run).
 #   A: the chosen configuration at the paper's scale (configs/dsprites_binding64.yaml),
-#      alone by default: it is the open question (does 64x64 keep lone sprites whole?);
+#      alone by default. At 50k steps (two leases' worth) it binds multi-sprite scenes
+#      but still splits every lone sprite among the spare slots (BENCHMARKS.md): does
+#      training on make lone sprites whole?
 #   B: the chosen 32x32 configuration (its FG-ARI levels off at ~0.53 by 90k steps);
 #   C: B's configuration with the paper's decoder (4 layers of 5x5), from scratch: do
 #      sharper masks help FG-ARI on one-object scenes?
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
-# latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists.
+# latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists,
+# else from benchmarks/results/device/<run>/ (the last recorded state, tracked in git:
+# A at 50k steps).
 # PRECISION (default bf16; the first lease ran fp32) is train.precision for every run:
 # bf16 autocast halves a step on a CPU with AVX512-BF16 (BENCHMARKS.md) and uses the
-# GPU's tensor cores, so a lease takes A further.
+# GPU's tensor cores, so a lease takes A further (76 steps/s alone on an H200).
 # Needs pydantic's wheels in .whl/ where the machine lacks them (device README).
-#   OUT=/tmp/o TRAIN_SECONDS=400 bash benchmarks/device_binding.sh
+#   OUT=/tmp/o TRAIN_SECONDS=485 bash benchmarks/device_binding.sh
 set -u
-TRAIN_SECONDS=${TRAIN_SECONDS:-400}
+TRAIN_SECONDS=${TRAIN_SECONDS:-485}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:?set OUT to a folder for the results}
 PY=${PY:-python3}
@@ -31,9 +35,12 @@ W=${WORK:-/tmp/learn}; mkdir -p "$W"
 { nvidia-smi -L 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"; nproc; } > "$W/machine.txt" 2>&1
 cat "$W/machine.txt"
 for run in $RUNS; do
-  if [ ! -d "$W/$run" ] && [ -d "benchmarks/out/device/$run" ]; then
-    cp -r "benchmarks/out/device/$run" "$W/$run" && rm -f "$W/$run/masks_vs_blocks.png"
-  fi
+  for saved in "benchmarks/out/device/$run" "benchmarks/results/device/$run"; do
+    if [ ! -d "$W/$run" ] && [ -d "$saved" ]; then
+      cp -r "$saved" "$W/$run" && rm -f "$W/$run/masks_vs_blocks.png"
+      echo "$run resumes from $saved"
+    fi
+  done
 done
 
 # Generate both datasets before training starts, so no run's clock waits on the other's.
