@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -585,6 +586,34 @@ def collect(instance: Path) -> list[TrialRecord]:
     return list(records.values())
 
 
+def discard_unrecorded(tracker: SweepTracker, instance: Path) -> list[str]:
+    """Discard the MLflow runs of trials that neither a Tune experiment of `instance`
+    (one that can be restored) nor the ledger knows; returns their trial ids.
+
+    A driver killed after a trial started but before Tune's next snapshot of the
+    experiment (or before its first: the experiment is then started over) leaves such a
+    run: the rerun does not know the trial and starts its parameters again under a new
+    id, so the old run would show the same trial twice, RUNNING forever. It ran at most
+    the snapshot period (1 s) beyond what Tune recorded, and never ended (an ended trial
+    is in the ledger, and its run is kept)."""
+    known = {r.trial_id for r in collect(instance)} | set(read_ledger(instance / LEDGER))
+    discarded = []
+    for run in tracker.trial_runs():
+        trial_id = run.data.tags.get("slotsweep.trial_id")
+        if trial_id in known:
+            continue
+        tracker.discard_trial(run.info.run_id, reason=(
+            f"trial {trial_id} started, but its driver died before Tune recorded it; "
+            "the resumed sweep went on from Tune's last record of the experiment, "
+            "which does not hold it"))
+        discarded.append(trial_id)
+    if discarded:
+        print(f"note: discarded the MLflow runs of {len(discarded)} trial(s) that Tune never "
+              f"recorded (their driver died within a second of their start): "
+              f"{', '.join(discarded)}", file=sys.stderr)
+    return discarded
+
+
 def check_data(config: TrialConfig) -> None:
     """Fail before Ray or the storage is touched when the base config's data is unusable:
     a missing or corrupt shard, a missing manifest, a wrong feature size, an empty split.
@@ -640,6 +669,7 @@ def run_sweep(
     _atomic_local_uploads()
 
     experiments = experiments_of(instance)
+    discard_unrecorded(tracker, instance)
     stopped = False  # Ctrl-C: end here; the next run resumes the same experiment
     if experiments and tune.Tuner.can_restore(str(experiments[-1])):
         # resume_errored: a trial stopped by a storage fault continues from its checkpoint;

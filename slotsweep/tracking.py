@@ -177,6 +177,16 @@ class SweepTracker:
         self.client.set_tag(run_id, TAG_OUTCOME, "interrupted")
         self.client.set_terminated(run_id, status="KILLED")
 
+    def discard_trial(self, run_id: str, *, reason: str) -> None:
+        """A run for a trial that no Tune experiment recorded (its driver died first):
+        outcome "superseded", KILLED, then deleted (MLflow's soft delete: out of searches
+        and the UI's default view, restorable with `mlflow runs restore`)."""
+        self.client.log_batch(run_id, tags=[RunTag(TAG_OUTCOME, "superseded"),
+                                            RunTag(TAG_ERROR, reason[:4000])])
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, status="KILLED")
+        self.client.delete_run(run_id)
+
     def record_retry(self, run_id: str, *, retries: int, error: str | None) -> None:
         """Ray restarted the trial from its checkpoint: same run, a retry count and why."""
         tags = [RunTag(TAG_RETRIES, str(retries))]

@@ -213,6 +213,36 @@ def test_extending_a_finished_sweep_runs_only_new_trials(tmp_path, dsprites16):
     assert all(t.state.name == "COMPLETE" for t in study_trials)
 
 
+def test_a_trial_run_that_tune_never_recorded_is_discarded(tmp_path, dsprites16):
+    """What a driver killed within a second of a trial's start leaves behind: an MLflow
+    run (with a first result) of a trial that no Tune snapshot holds. The random kills in
+    test_faults reach that moment only by chance; here it is set up directly. The rerun
+    discards the run, so MLflow holds exactly one run per trial that Tune knows."""
+    from slotsweep.tracking import SweepTracker, default_tracking_uri
+
+    path = sweep_file(tmp_path, dsprites16, search={"num_samples": 2, "max_concurrent": 1})
+    storage = tmp_path / "storage"
+    sweep_dir = storage / "tiny"
+    (sweep_dir / "run-001").mkdir(parents=True)
+    dead = SweepTracker(default_tracking_uri(sweep_dir), "tiny", "tiny", "tiny/run-001",
+                        artifact_root=sweep_dir / "mlartifacts")
+    orphan = dead.trial_run("0rphan00", name="0rphan00 type=none",
+                            params={"loss.type": "none"}, tags={}, config_yaml="{}\n")
+    dead.log_result(orphan, {"val/fg_ari": 0.1, "step": 2}, step=2, timestamp_ms=1)
+
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "discarded the MLflow runs of 1 trial(s)" in done.stderr
+    assert "0rphan00" in done.stderr
+    results, trials = check_consistent(storage, 2)  # one run per trial, none for 0rphan00
+    assert "0rphan00" not in results
+    gone = dead.client.get_run(orphan)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert gone.data.tags["slotsweep.outcome"] == "superseded"
+    assert "driver died" in gone.data.tags["slotsweep.error"]
+    assert gone.data.metrics["val/fg_ari"] == 0.1  # soft-deleted: kept, restorable
+
+
 def test_fresh_starts_a_new_instance_and_keeps_the_old(tmp_path, dsprites16):
     path = sweep_file(tmp_path, dsprites16, search={"num_samples": 1})
     assert run(path).returncode == 0
