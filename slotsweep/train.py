@@ -36,7 +36,7 @@ from slotsweep.batches import (
 )
 from slotsweep.config import ConfigError, TrainConfig, TrialConfig, load_config
 from slotsweep.data.shards import ShardError
-from slotsweep.data.synthetic import ensure_synthetic
+from slotsweep.data.synthetic import default_workers, ensure_synthetic
 from slotsweep.evaluate import evaluate
 from slotsweep.losses import compute_losses
 from slotsweep.models import build_model
@@ -223,7 +223,10 @@ def fit(
     seed_everything(config.seed)
     device = pick_device(config.train.device)
     if config.data.synthetic:
-        ensure_synthetic(config.data, resolution=config.model.resolution)
+        # As many generating processes as this trainer has threads: inside a Ray trial,
+        # the CPUs it was given (Ray sets OMP_NUM_THREADS), not the whole node.
+        ensure_synthetic(config.data, resolution=config.model.resolution,
+                         workers=min(default_workers(), torch.get_num_threads()))
     train_set = Batches.open(config.data.train, config.model, eval=False)
     val_set = Batches.open(config.data.val, config.model, eval=True)
     if config.eval.probe:
