@@ -98,8 +98,8 @@ def main() -> None:
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
                 t = seconds_per_step(config, model, optimizer, batch, args.steps)
                 best[precision] = min(best.get(precision, t), t)
-        print(f"| {name} | {best['fp32']:.3f} | {best['bf16']:.3f} | "
-              f"{best['fp32'] / best['bf16']:.2f}x | {loss_gap(configs, batch):.1e} |")
+        print(f"| {name} | {best['fp32']:.3g} | {best['bf16']:.3g} | "
+              f"{best['fp32'] / best['bf16']:.3g}x | {loss_gap(configs, batch):.1e} |")
 
 
 if __name__ == "__main__":

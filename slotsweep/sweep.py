@@ -45,9 +45,10 @@ from slotsweep.data.shards import MANIFEST, ShardError, check_split, read_manife
 from slotsweep.data.synthetic import ensure_synthetic
 from slotsweep.sweep_spec import VARIANT, Param, Sweep
 from slotsweep.tracking import SweepTracker, default_tracking_uri
-from slotsweep.train import NonFiniteLossError, OutOfMemoryError, fit
+from slotsweep.train import REPORTED, NonFiniteLossError, OutOfMemoryError, fit
 
 LEDGER = "ledger.jsonl"
+RESENT = "slotsweep/resent"  # a result sent again from the trial's checkpoint
 
 
 def _atomic_local_uploads() -> None:
@@ -202,6 +203,7 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
     restored = tune.get_checkpoint()
     local = ckpt.latest(workdir / "checkpoints")
     resume_from = local
+    newer = local  # the trial's own checkpoint, when Tune's record is older or absent
     if restored is not None:
         try:
             restored_dir = Path(restored.to_directory(str(workdir / "restored")))
@@ -214,10 +216,19 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
             local_step = int(ckpt.load(local)["step"]) if local else -1
             # The trial's own newer checkpoint (same trajectory) beats a stale snapshot.
             resume_from = local if local_step > restored_step else restored_dir
+            newer = local if local_step > restored_step else None
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
+
+    if newer is not None and (newer / REPORTED).is_file():
+        # Tune's record ends before the trial's own last evaluation (the driver died
+        # before it took that report in): send it again, so the step is not missing,
+        # nor the whole result when that was the trial's last step (then `fit` has
+        # nothing left to do). MLflow logs a step once; Tune's log may hold it twice.
+        metrics = json.loads((newer / REPORTED).read_text())
+        tune.report({**metrics, RESENT: 1}, checkpoint=Checkpoint.from_directory(str(newer)))
 
     failed = workdir / FAILED
     if failed.is_file():

@@ -17,6 +17,7 @@ staged in device memory), Adam is fused, and bf16 autocast / torch.compile are f
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -298,6 +299,8 @@ def fit(
             log(progress_line(metrics, tc.steps))
         if is_ckpt:
             files = {"masks.png": picture} if is_eval and picture else {}
+            if is_eval:  # what was reported with it, for a caller that must re-send it
+                files[REPORTED] = json.dumps(metrics, sort_keys=True).encode()
             saved = checkpoint.save(
                 ckpt_root, step, _state(model, optimizer, step, elapsed, device), config_yaml,
                 files=files,
@@ -305,6 +308,9 @@ def fit(
             if is_eval and report is not None:
                 report(dict(metrics), str(saved))
     return {**metrics, **last_eval}
+
+
+REPORTED = "reported.json"  # in an evaluation's checkpoint: the metrics reported with it
 
 
 def progress_line(m: dict[str, float], total: int) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from slotsweep.batches import Batches
 from slotsweep.config import TrainConfig, build_config
 from slotsweep.data.shards import ShardDataset, ShardWriter
 from slotsweep.models import build_model
-from slotsweep.train import NonFiniteLossError, fit, get_lr, train_step
+from slotsweep.train import REPORTED, NonFiniteLossError, fit, get_lr, train_step
 
 
 def crash_at(step: int):
@@ -47,6 +49,10 @@ def test_fit_reports_metrics_and_checkpoints(tiny_config, tmp_path):
     assert (tmp_path / "checkpoints" / "step-00000008" / "config.yaml").read_text() == (
         tiny_config().to_yaml()
     )
+    # Each evaluation's checkpoint holds what was reported with it (the sweep re-sends it
+    # when Tune's record ends before that checkpoint).
+    for reported, ckpt_dir in reports:
+        assert json.loads((Path(ckpt_dir) / REPORTED).read_text()) == pytest.approx(reported)
 
 
 def test_loss_terms_of_the_bottleneck_are_reported(tiny_config, tmp_path):
