@@ -44,7 +44,7 @@ from slotsweep.config import ConfigError, TrialConfig
 from slotsweep.data.shards import MANIFEST, ShardError, check_split, read_manifest
 from slotsweep.data.synthetic import ensure_synthetic
 from slotsweep.sweep_spec import VARIANT, Param, Sweep
-from slotsweep.tracking import SweepTracker, default_tracking_uri
+from slotsweep.tracking import TAG_TRIAL, SweepTracker, default_tracking_uri
 from slotsweep.train import REPORTED, NonFiniteLossError, OutOfMemoryError, fit
 
 LEDGER = "ledger.jsonl"
@@ -203,7 +203,6 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
     restored = tune.get_checkpoint()
     local = ckpt.latest(workdir / "checkpoints")
     resume_from = local
-    newer = local  # the trial's own checkpoint, when Tune's record is older or absent
     if restored is not None:
         try:
             restored_dir = Path(restored.to_directory(str(workdir / "restored")))
@@ -216,19 +215,18 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
             local_step = int(ckpt.load(local)["step"]) if local else -1
             # The trial's own newer checkpoint (same trajectory) beats a stale snapshot.
             resume_from = local if local_step > restored_step else restored_dir
-            newer = local if local_step > restored_step else None
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    if newer is not None and (newer / REPORTED).is_file():
-        # Tune's record ends before the trial's own last evaluation (the driver died
-        # before it took that report in): send it again, so the step is not missing,
-        # nor the whole result when that was the trial's last step (then `fit` has
-        # nothing left to do). MLflow logs a step once; Tune's log may hold it twice.
-        metrics = json.loads((newer / REPORTED).read_text())
-        tune.report({**metrics, RESENT: 1}, checkpoint=Checkpoint.from_directory(str(newer)))
+    if local is not None and resume_from is local and (local / REPORTED).is_file():
+        # Tune's record (absent, unusable or older) ends before the trial's own last
+        # evaluation (the driver died before it took that report in): send it again, so
+        # the step is not missing, nor the whole result when that was the trial's last
+        # step (then `fit` has nothing left to do). MLflow logs a step once; Tune's log
+        # may hold it twice.
+        report({**json.loads((local / REPORTED).read_text()), RESENT: 1}, str(local))
 
     failed = workdir / FAILED
     if failed.is_file():
@@ -610,7 +608,7 @@ def discard_unrecorded(tracker: SweepTracker, instance: Path) -> list[str]:
     known = {r.trial_id for r in collect(instance)} | set(read_ledger(instance / LEDGER))
     discarded = []
     for run in tracker.trial_runs():
-        trial_id = run.data.tags.get("slotsweep.trial_id")
+        trial_id = run.data.tags.get(TAG_TRIAL)
         if trial_id in known:
             continue
         tracker.discard_trial(run.info.run_id, reason=(
@@ -721,7 +719,7 @@ def run_sweep(
         tuner.fit()
 
     records = collect(instance)
-    runs = {r.data.tags.get("slotsweep.trial_id"): r for r in tracker.trial_runs()}
+    runs = {r.data.tags.get(TAG_TRIAL): r for r in tracker.trial_runs()}
     for rec in records:
         run = runs.get(rec.trial_id)
         if run is None or run.info.status != "RUNNING":
