@@ -578,12 +578,14 @@ def collect(instance: Path) -> list[TrialRecord]:
     """Every trial of every Tune experiment of this instance, with its last result."""
     ledger = read_ledger(instance / LEDGER)
     records: dict[str, TrialRecord] = {}
+    copied: list[dict[str, Any]] = []  # the configs of re-suggested copies
     for exp in experiments_of(instance):
         if not tune.Tuner.can_restore(str(exp)):
             continue
         for result in tune.ExperimentAnalysis(str(exp)).trials:
             entry = ledger.get(result.trial_id)
             if entry is None and (result.last_result or {}).get("slotsweep/replayed"):
+                copied.append(dict(result.config))
                 continue  # a re-suggested copy of an ended trial, not a trial of its own
             metrics = dict(result.last_result or {})
             outcome = entry["outcome"] if entry else result.status.lower()
@@ -592,6 +594,15 @@ def collect(instance: Path) -> list[TrialRecord]:
             records[result.trial_id] = TrialRecord(
                 result.trial_id, dict(result.config), metrics, outcome,
                 entry.get("error") if entry else None)
+    for params in copied:
+        # The original ended (its ledger entry and MLflow run say so) but no Tune snapshot
+        # holds it: it started and ended between two snapshots of a driver that then died.
+        # The ledger is then its only record, and the copy stands in for it.
+        entry = next((e for e in ledger.values() if e["params"] == params), None)
+        if entry is not None and entry["trial_id"] not in records:
+            records[entry["trial_id"]] = TrialRecord(
+                entry["trial_id"], dict(entry["params"]), dict(entry.get("metrics") or {}),
+                entry["outcome"], entry.get("error"))
     return list(records.values())
 
 

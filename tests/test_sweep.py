@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -242,6 +243,37 @@ def test_a_trial_run_that_tune_never_recorded_is_discarded(tmp_path, dsprites16)
     assert gone.data.tags["slotsweep.outcome"] == "superseded"
     assert "driver died" in gone.data.tags["slotsweep.error"]
     assert gone.data.metrics["val/fg_ari"] == 0.1  # soft-deleted: kept, restorable
+
+
+def test_a_trial_that_ended_unseen_by_tune_keeps_its_record(tmp_path, dsprites16):
+    """A trial that started and ended between two of Tune's snapshots, after which the
+    driver died: the ledger and MLflow hold it, no Tune experiment does (set up here by
+    removing the experiment). The rerun's search suggests its parameters again; the copy
+    replays the ledger's result instead of training, and the trial counts once, under its
+    own id, with its own result."""
+    from slotsweep.sweep import collect
+
+    path = sweep_file(tmp_path, dsprites16, search={"num_samples": 1, "max_concurrent": 1})
+    storage = tmp_path / "storage"
+    assert run(path).returncode == 0
+    instance = instance_dir(storage)
+    (entry,) = ledger(storage)
+    for tune_file in instance.glob("tune-*"):
+        shutil.rmtree(tune_file) if tune_file.is_dir() else tune_file.unlink()
+
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (copy,) = trial_results(storage)  # the re-suggested copy, in the new experiment
+    assert copy != entry["trial_id"]
+    assert all(row.get("slotsweep/replayed") for row in trial_results(storage)[copy])
+    assert not (instance / "work" / copy).exists(), "the copy trained instead of replaying"
+    (record,) = collect(instance)
+    assert (record.trial_id, record.outcome) == (entry["trial_id"], "finished")
+    assert record.metrics["val/fg_ari"] == entry["metrics"]["val/fg_ari"]
+    assert f"best trial {entry['trial_id']}: FG-ARI" in done.stdout
+    _, parents, trials = mlflow_runs(storage)
+    assert [r.data.tags["slotsweep.trial_id"] for r in trials] == [entry["trial_id"]]
+    assert trials[0].info.status == "FINISHED" and parents[0].info.status == "FINISHED"
 
 
 def test_fresh_starts_a_new_instance_and_keeps_the_old(tmp_path, dsprites16):
