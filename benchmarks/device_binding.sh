@@ -10,6 +10,10 @@
 #   B: the chosen 32x32 configuration (its FG-ARI levels off at ~0.53 by 90k steps);
 #   C: B's configuration with the paper's decoder (4 layers of 5x5), from scratch: do
 #      sharper masks help FG-ARI on one-object scenes?
+#   D: A plus the paper's cosine loss on slots (weight 0.01, margin 0.2, summed over
+#      pairs), branching from A's saved state. At 50k steps the slots that share a lone
+#      sprite are near-duplicates (median cosine 0.98), which that loss penalises: does
+#      it make sprites whole? Run "A D" to compare them over the same steps.
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
 # latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists,
 # else from benchmarks/results/device/<run>/ (the last recorded state, tracked in git:
@@ -34,8 +38,11 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 OMP_NUM_THR
 W=${WORK:-/tmp/learn}; mkdir -p "$W"
 { nvidia-smi -L 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"; nproc; } > "$W/machine.txt" 2>&1
 cat "$W/machine.txt"
+declare -A FROM=([D]=A)  # a run with no state of its own starts from this run's
 for run in $RUNS; do
-  for saved in "benchmarks/out/device/$run" "benchmarks/results/device/$run"; do
+  base=${FROM[$run]:-$run}
+  for saved in "benchmarks/out/device/$run" "benchmarks/results/device/$run" \
+               "benchmarks/out/device/$base" "benchmarks/results/device/$base"; do
     if [ ! -d "$W/$run" ] && [ -d "$saved" ]; then
       cp -r "$saved" "$W/$run" && rm -f "$W/$run/masks_vs_blocks.png"
       echo "$run resumes from $saved"
@@ -55,6 +62,7 @@ declare -A ARGS=(
   [B]="configs/dsprites_binding.yaml train.steps=1000000"
   [A]="configs/dsprites_binding64.yaml"
   [C]="configs/dsprites_binding.yaml model.decoder_layers=4 model.decoder_kernel=5 train.steps=1000000"
+  [D]="configs/dsprites_binding64.yaml loss.type=cosine loss.beta=0.01"
 )
 for run in $RUNS; do
   timeout -s TERM "$TRAIN_SECONDS" $PY benchmarks/learning.py ${ARGS[$run]} train.device=$DEVICE \
