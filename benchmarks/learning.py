@@ -99,23 +99,55 @@ def stray_pixels(masks: torch.Tensor, seg: torch.Tensor) -> dict[str, float]:
             "own_mask": float(torch.cat(own).median()) if own else float("nan")}
 
 
+def shared_sprites(masks: torch.Tensor, slots: torch.Tensor, seg: torch.Tensor,
+                   min_share: float = 0.05) -> dict[str, float]:
+    """Are the slots that split a sprite duplicates? masks [N, K, H, W], slots [N, K, D],
+    seg [N, H, W]. A slot holds a sprite when it wins (argmax) at least `min_share` of its
+    pixels. Returns the number of sprites, how many are held by two or more slots, and
+    the median cosine similarity of the slot vectors of the pairs that share a sprite
+    and, for comparison, of the pairs of main slots of two different sprites."""
+    labels = masks.argmax(1)
+    unit = F.normalize(slots.float(), dim=-1)
+    cosine = unit @ unit.transpose(1, 2)  # [N, K, K]
+    sprites, shared, within, between = 0, 0, [], []
+    for label, s, cos in zip(labels, seg, cosine, strict=True):
+        mains = []
+        for value in (v for v in s.unique().tolist() if v != 0):
+            votes = torch.bincount(label[s == value], minlength=cos.shape[0])
+            holders = (votes >= min_share * votes.sum()).nonzero().flatten().tolist()
+            sprites += 1
+            shared += len(holders) > 1
+            within += [float(cos[a, b]) for i, a in enumerate(holders) for b in holders[i + 1:]]
+            mains.append(int(votes.argmax()))
+        mains = sorted(set(mains))
+        between += [float(cos[a, b]) for i, a in enumerate(mains) for b in mains[i + 1:]]
+
+    def median(values: list[float]) -> float:
+        return float(torch.tensor(values).median()) if values else float("nan")
+
+    return {"sprites": sprites, "shared": shared, "within": median(within),
+            "between": median(between)}
+
+
 @torch.no_grad()
 def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
                     ) -> tuple[list[tuple[int, int, dict[str, float]]], dict[str, float],
-                               dict]:
+                               dict[str, float], dict]:
     """Per number of objects: (count, images, mean scores of the model and of 2x2 blocks),
-    `stray_pixels` of the one-object images, and `margins` over the best trivial
-    baselines; with `picture`, also writes the first 8 validation images' masks next to
-    the blocks'."""
+    `stray_pixels` of the one-object images, `shared_sprites`, and `margins` over the
+    best trivial baselines; with `picture`, also writes the first 8 validation images'
+    masks next to the blocks'."""
     model = build_model(config.model, config.loss)
     model.load_state_dict(checkpoint.load(checkpoint_dir)["model"])
     model.eval()
     val = Batches.open(config.data.val, config.model, eval=True)
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("n", "ari", "mbo", "bari", "bmbo")}
-    all_masks, all_seg = [], []
+    all_masks, all_seg, all_slots = [], [], []
     for batch in val.eval_batches(config.eval.batch_size, config.eval.max_images):
         inputs, _, seg = to_model_inputs(batch, config.model, torch.device("cpu"))
-        masks = model(inputs)["masks"].float()
+        out = model(inputs)
+        masks = out["masks"].float()
+        all_slots.append(out["slots"])
         blocks = block_masks(2, *seg.shape[-2:]).expand(seg.shape[0], -1, -1, -1)
         if picture is not None and not rows["n"] and "image" in batch:
             picture.write_bytes(side_by_side(batch["image"][:8], seg[:8], masks[:8],
@@ -139,7 +171,9 @@ def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
                               seg[keep])
               for images, keep in (("all", torch.ones_like(several)), ("2+ objects", several))
               if keep.any()}
-    return out, stray_pixels(torch.cat(all_masks), seg), margin
+    all_masks = torch.cat(all_masks)
+    return (out, stray_pixels(all_masks, seg),
+            shared_sprites(all_masks, torch.cat(all_slots), seg), margin)
 
 
 def main() -> None:
@@ -189,7 +223,7 @@ def main() -> None:
         print("| objects | images | FG-ARI | mBO | 2x2 blocks FG-ARI | 2x2 blocks mBO |")
         print("|---|---|---|---|---|---|")
         picture = workdir / "masks_vs_blocks.png"
-        rows, lone, margin = by_object_count(config, latest, picture)
+        rows, lone, shared, margin = by_object_count(config, latest, picture)
         for n, count, r in rows:
             print(f"| {n} | {count} | {r['ari']:.3f} | {r['mbo']:.3f} | {r['bari']:.3f} | "
                   f"{r['bmbo']:.3f} |")
@@ -206,6 +240,11 @@ def main() -> None:
                   f"sprite's rim and {lone['to_background']:.0%} went to the background's "
                   f"slot; median mask there {lone['winner_mask']:.2f} for the winning slot, "
                   f"{lone['own_mask']:.2f} for the sprite's own")
+        if shared["sprites"]:
+            print(f"\nsprites held by two or more slots (each winning >= 5% of its pixels): "
+                  f"{shared['shared']} of {shared['sprites']}; median cosine of the slot "
+                  f"vectors that share a sprite {shared['within']:.2f}, of the main slots "
+                  f"of two different sprites {shared['between']:.2f}")
         print(f"\n{picture}: input | ground truth | masks | 2x2 blocks, 8 validation scenes")
 
 

@@ -83,6 +83,9 @@ def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
         low, high = (float(x) for x in ci.split(" to "))
         assert low <= float(mean) <= high
 
+    shared = re.search(r"sprites held by two or more slots .*: (\d+) of (\d+);", out)
+    assert shared and int(shared[1]) <= int(shared[2]) and int(shared[2]) >= sum(counts)
+
     picture = tmp_path / "masks_vs_blocks.png"
     assert re.search(rf"{re.escape(str(picture))}: input \| ground truth", out)
     image = np.asarray(Image.open(picture))
@@ -110,17 +113,22 @@ def test_learning_report_before_any_evaluation(dsprites16, tmp_path):
     assert "by objects" not in proc.stdout  # no checkpoint to break down
 
 
-def test_stray_pixels_counts_where_a_lone_sprite_is_split():
-    """The one-object diagnosis: which images are split, and whether the stray pixels
-    sit on the sprite's rim and go to the background's slot."""
+def _load_learning():
+    """benchmarks/learning.py as a module (benchmarks/ is not a package)."""
     import importlib.util
-
-    import torch
 
     spec = importlib.util.spec_from_file_location("learning", SCRIPT)
     learning = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(learning)
+    return learning
 
+
+def test_stray_pixels_counts_where_a_lone_sprite_is_split():
+    """The one-object diagnosis: which images are split, and whether the stray pixels
+    sit on the sprite's rim and go to the background's slot."""
+    import torch
+
+    learning = _load_learning()
     seg = torch.zeros(3, 8, 8, dtype=torch.long)
     seg[:, 2:6, 2:6] = 1  # a 4x4 sprite: 12 rim pixels, 4 inside
     seg[2, 0, 0] = 2  # a second object: image 2 is not a one-object image
@@ -138,6 +146,31 @@ def test_stray_pixels_counts_where_a_lone_sprite_is_split():
     assert out["to_background"] == pytest.approx(1 / 3)
     assert out["winner_mask"] == pytest.approx(0.7)
     assert out["own_mask"] == pytest.approx(0.1)  # median of 0.3, 0.1, 0.1
+
+
+def test_shared_sprites_finds_the_slots_that_split_a_sprite():
+    """The duplicate-slot diagnosis: a sprite counts as shared when a second slot wins
+    at least 5% of its pixels, and the cosines compare sharing slots with the main slots
+    of different sprites."""
+    import torch
+
+    learning = _load_learning()
+    seg = torch.zeros(2, 8, 8, dtype=torch.long)
+    seg[0, 1:6, 1:6] = 1  # image 0: one 5x5 sprite (25 pixels)
+    seg[1, 0:2, 0:2], seg[1, 5:8, 5:8] = 1, 2  # image 1: two sprites
+    label = torch.zeros(2, 8, 8, dtype=torch.long)
+    label[0, 1:6, 1:6] = 1
+    label[0, 1, 1:3] = 2  # 2 of 25 pixels (8%) to slot 2: shared
+    label[0, 5, 5] = 0  # 1 of 25 (4%) to the background's slot: below the threshold
+    label[1, 0:2, 0:2], label[1, 5:8, 5:8] = 1, 2
+    masks = torch.nn.functional.one_hot(label, 3).permute(0, 3, 1, 2).float()
+    slots = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.1]],
+                          [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])
+
+    out = learning.shared_sprites(masks, slots, seg)
+    assert (out["sprites"], out["shared"]) == (3, 1)
+    assert out["within"] == pytest.approx(1 / (1.01 ** 0.5))  # cos([1, 0], [1, 0.1])
+    assert out["between"] == pytest.approx(0.0)
 
 
 def test_precision_benchmark_prints_both_precisions():
