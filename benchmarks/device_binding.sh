@@ -10,10 +10,13 @@
 #   B: the chosen 32x32 configuration (its FG-ARI levels off at ~0.53 by 90k steps);
 #   C: B's configuration with the paper's decoder (4 layers of 5x5), from scratch: do
 #      sharper masks help FG-ARI on one-object scenes?
-#   D: A plus the paper's cosine loss on slots (weight 0.01, margin 0.2, summed over
-#      pairs), branching from A's saved state. At 50k steps the slots that share a lone
-#      sprite are near-duplicates (median cosine 0.98), which that loss penalises: does
-#      it make sprites whole? Run "A D" to compare them over the same steps.
+#   D: A plus the paper's cosine loss on slots as the authors ran it (weight 0.01,
+#      margin 0.2, mean over all B*K^2 pairs: 0.01 x 0.62 at 50k, against a
+#      reconstruction loss of 0.0079; the paper's sum would be ~20x that), branching
+#      from A's saved state. At 50k, two or more slots share half the sprites, and the
+#      slots that share one are near-duplicates (median cosine 0.97; 0.74 between the
+#      slots of different sprites), which that loss penalises: does it make sprites
+#      whole? Run "A D" to compare them over the same steps.
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
 # latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists,
 # else from benchmarks/results/device/<run>/ (the last recorded state, tracked in git:
@@ -62,7 +65,7 @@ declare -A ARGS=(
   [B]="configs/dsprites_binding.yaml train.steps=1000000"
   [A]="configs/dsprites_binding64.yaml"
   [C]="configs/dsprites_binding.yaml model.decoder_layers=4 model.decoder_kernel=5 train.steps=1000000"
-  [D]="configs/dsprites_binding64.yaml loss.type=cosine loss.beta=0.01"
+  [D]="configs/dsprites_binding64.yaml loss.type=cosine loss.beta=0.01 loss.cosine_reduction=mean"
 )
 for run in $RUNS; do
   timeout -s TERM "$TRAIN_SECONDS" $PY benchmarks/learning.py ${ARGS[$run]} train.device=$DEVICE \
