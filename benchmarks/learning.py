@@ -4,8 +4,9 @@ Trains a config on the synthetic colored multi-dSprites with the shared trainer 
 prints its evaluation curve next to trivial baselines on the same validation images
 (one slot; 2x2, 3x3, 4x4 blocks), then the latest checkpoint's scores by the number of
 objects in the image next to the 2x2 blocks', the margins over the best baselines, and
-how split sprites are split (stray pixels; slots that share a sprite). Rerunning resumes from the checkpoint, so a
-long run can span several sittings; the curve is kept in `<workdir>/curve.jsonl`.
+how sprites are split (stray pixels; slots that share a sprite). Rerunning resumes from
+the checkpoint, so a long run can span several sittings; the curve is kept in
+`<workdir>/curve.jsonl`.
 
 FG-ARI is all-or-nothing on a one-object image (ground truth is one cluster, so any
 split of its pixels scores 0, whatever the split), which is why the breakdown matters:
