@@ -16,7 +16,8 @@
 #      from A's saved state. At 50k, two or more slots share half the sprites, and the
 #      slots that share one are near-duplicates (median cosine 0.97; 0.74 between the
 #      slots of different sprites), which that loss penalises: does it make sprites
-#      whole? Run "A D" to compare them over the same steps.
+#      whole? (A 300-step CPU probe: no, so far; BENCHMARKS.md.) Run "A D" to compare
+#      them over the same steps.
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
 # latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists,
 # else from benchmarks/results/device/<run>/ (the last recorded state, tracked in git:
