@@ -275,6 +275,12 @@ def ended_before(path: Path, trial_id: str, params: dict[str, Any]) -> dict[str,
     entries = read_ledger(path)
     if trial_id in entries:
         return entries[trial_id]
+    return ended_with(entries, params)
+
+
+def ended_with(entries: dict[str, dict[str, Any]], params: dict[str, Any]
+               ) -> dict[str, Any] | None:
+    """The ledger entry of an ended trial with exactly these parameters, if any."""
     return next((e for e in entries.values() if e["params"] == params), None)
 
 
@@ -598,7 +604,7 @@ def collect(instance: Path) -> list[TrialRecord]:
         # The original ended (its ledger entry and MLflow run say so) but no Tune snapshot
         # holds it: it started and ended between two snapshots of a driver that then died.
         # The ledger is then its only record, and the copy stands in for it.
-        entry = next((e for e in ledger.values() if e["params"] == params), None)
+        entry = ended_with(ledger, params)
         if entry is not None and entry["trial_id"] not in records:
             records[entry["trial_id"]] = TrialRecord(
                 entry["trial_id"], dict(entry["params"]), dict(entry.get("metrics") or {}),
