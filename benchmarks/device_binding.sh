@@ -4,9 +4,9 @@
 # margins and mask picture (benchmarks/learning.py --report-only). Everything lands in
 # $OUT/learn.tar.gz (curves, logs, reports, pictures, the latest checkpoint per run).
 #   A: the chosen configuration at the paper's scale (configs/dsprites_binding64.yaml),
-#      alone by default. At 50k steps (two leases' worth) it binds multi-sprite scenes
-#      but still splits every lone sprite among the spare slots (BENCHMARKS.md): does
-#      training on make lone sprites whole?
+#      alone by default. At 93k steps (two leases' worth) it binds multi-sprite scenes
+#      but still splits 95% of the lone sprites among the spare slots (100% at 50k;
+#      BENCHMARKS.md): does training on make lone sprites whole?
 #   B: the chosen 32x32 configuration (its FG-ARI levels off at ~0.53 by 90k steps);
 #   C: B's configuration with the paper's decoder (4 layers of 5x5), from scratch: do
 #      sharper masks help FG-ARI on one-object scenes?
@@ -21,7 +21,7 @@
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
 # latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists,
 # else from benchmarks/results/device/<run>/ (the last recorded state, tracked in git:
-# A at 50k steps).
+# A at 93k steps).
 # PRECISION (default bf16; the first lease ran fp32) is train.precision for every run:
 # bf16 autocast halves a step on a CPU with AVX512-BF16 (BENCHMARKS.md) and uses the
 # GPU's tensor cores, so a lease takes A further (76 steps/s alone on an H200).
