@@ -18,6 +18,14 @@
 #      slots of different sprites), which that loss penalises: does it make sprites
 #      whole? (A 300-step CPU probe: no, so far; BENCHMARKS.md.) Run "A D" to compare
 #      them over the same steps.
+#   E: A with the paper's slot initialisation (one learned Gaussian, a fresh draw per
+#      image; evaluation uses a fixed draw) instead of learned per-slot queries, from
+#      scratch. With queries, each slot keeps a role, and a lone sprite's spare slots
+#      take patches of it (10% of its stray pixels go to the background's slot); with
+#      exchangeable slots, spare slots may split the background instead, which FG-ARI
+#      ignores. At 32x32 a Gaussian run still drew stripes when stopped at 9k steps
+#      (BENCHMARKS.md): does it bind at 64x64 within a lease, and does it leave lone
+#      sprites whole?
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
 # latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists,
 # else from benchmarks/results/device/<run>/ (the last recorded state, tracked in git:
@@ -67,6 +75,7 @@ declare -A ARGS=(
   [A]="configs/dsprites_binding64.yaml"
   [C]="configs/dsprites_binding.yaml model.decoder_layers=4 model.decoder_kernel=5 train.steps=1000000"
   [D]="configs/dsprites_binding64.yaml loss.type=cosine loss.beta=0.01 loss.cosine_reduction=mean"
+  [E]="configs/dsprites_binding64.yaml model.slot_init=gaussian model.eval_slot_init=seeded"
 )
 for run in $RUNS; do
   timeout -s TERM "$TRAIN_SECONDS" $PY benchmarks/learning.py ${ARGS[$run]} train.device=$DEVICE \
