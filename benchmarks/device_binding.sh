@@ -20,10 +20,10 @@
 #      them over the same steps.
 #   E: A with the paper's slot initialisation (one learned Gaussian, a fresh draw per
 #      image; evaluation uses a fixed draw) instead of learned per-slot queries, from
-#      scratch. With queries, each slot keeps a role, and a lone sprite's spare slots
-#      take patches of it (10% of its stray pixels go to the background's slot); with
-#      exchangeable slots, spare slots may split the background instead, which FG-ARI
-#      ignores. At 32x32 a Gaussian run still drew stripes when stopped at 9k steps
+#      scratch. With queries, every scene starts from the same five points, one slot
+#      takes the background, and a lone sprite's spare slots take patches of it (8% of
+#      its stray pixels go to the background's slot at 93k); with fresh draws, spare
+#      slots may split the background instead, which FG-ARI ignores. At 32x32 a Gaussian run still drew stripes when stopped at 9k steps
 #      (BENCHMARKS.md): does it bind at 64x64 within a lease, and does it leave lone
 #      sprites whole?
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
