@@ -74,6 +74,7 @@ def test_sweep_finds_best_trial_and_tracks_every_trial(tmp_path, dsprites16):
     assert f"best trial {best}: FG-ARI {finals[best]:.3f}" in done.stdout
     assert "trivial baselines" in done.stdout and "blocks 2x2" in done.stdout
     assert done.stdout.rstrip().endswith("(Ray: local)")  # no worker line after the summary
+    assert "snapshotting has been triggered" not in done.stderr  # wanted snapshots, no advice
     for r in trials:
         assert r.data.params["loss.type"] in ("none", "cosine")
         assert r.data.params["model.slot_size"] == "16"
