@@ -33,6 +33,8 @@
 # PRECISION (default bf16; the first lease ran fp32) is train.precision for every run:
 # bf16 autocast halves a step on a CPU with AVX512-BF16 (BENCHMARKS.md) and uses the
 # GPU's tensor cores, so a lease takes A further (76 steps/s alone on an H200).
+# EXTRA adds overrides to every run's training (not its report), e.g.
+# EXTRA=train.compile=true (untried on a GPU so far).
 # Needs pydantic's wheels in .whl/ where the machine lacks them (device README).
 #   OUT=/tmp/o TRAIN_SECONDS=485 bash benchmarks/device_binding.sh
 set -u
@@ -42,6 +44,7 @@ OUT=${OUT:?set OUT to a folder for the results}
 PY=${PY:-python3}
 RUNS=${RUNS:-A}
 PRECISION=${PRECISION:-bf16}
+EXTRA=${EXTRA:-}  # more overrides for every run's training, e.g. train.compile=true
 if [ -d .whl ] && ! $PY -c "import pydantic" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -79,7 +82,7 @@ declare -A ARGS=(
 )
 for run in $RUNS; do
   timeout -s TERM "$TRAIN_SECONDS" $PY benchmarks/learning.py ${ARGS[$run]} train.device=$DEVICE \
-    train.precision=$PRECISION --workdir "$W/$run" > "$W/$run.log" 2>&1 &
+    train.precision=$PRECISION $EXTRA --workdir "$W/$run" > "$W/$run.log" 2>&1 &
 done
 wait
 for run in $RUNS; do
