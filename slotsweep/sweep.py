@@ -49,6 +49,7 @@ from slotsweep.train import REPORTED, NonFiniteLossError, OutOfMemoryError, fit
 
 LEDGER = "ledger.jsonl"
 RESENT = "slotsweep/resent"  # a result sent again from the trial's checkpoint
+REPLAYED = "slotsweep/replayed"  # a ledger entry's result, handed to Tune without training
 
 
 def _atomic_local_uploads() -> None:
@@ -194,7 +195,7 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
     if recorded is not None:
         # This trial (or one with exactly these parameters) ended before the driver died,
         # after Tune's last snapshot: do not train again; hand Tune the recorded result.
-        tune.report({**recorded["metrics"], "slotsweep/replayed": 1})
+        tune.report({**recorded["metrics"], REPLAYED: 1})
         return
     config = sweep.trial_config(params)
     # The trainer's own checkpoints live under the sweep's storage (not Ray's per-session
@@ -398,7 +399,7 @@ class TrackingCallback(Callback):
 
     @_stop_on_storage_faults
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "step" not in result or result.get("slotsweep/replayed"):
+        if "step" not in result or result.get(REPLAYED):
             return
         run = self._run(trial)
         metrics = _metrics(result)
@@ -407,7 +408,7 @@ class TrackingCallback(Callback):
 
     @_stop_on_storage_faults
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if (trial.last_result or {}).get("slotsweep/replayed"):
+        if (trial.last_result or {}).get(REPLAYED):
             return
         picture = Path(checkpoint.path) / "masks.png"
         if picture.is_file():
@@ -433,7 +434,7 @@ class TrackingCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         steps = self.sweep.trial_config(trial.config).train.steps
         done = int((trial.last_result or {}).get("step", 0)) >= steps
-        replayed = (trial.last_result or {}).get("slotsweep/replayed")
+        replayed = (trial.last_result or {}).get(REPLAYED)
         if replayed:
             return
         self._end(trial, "finished" if done else "stopped early")
@@ -590,7 +591,7 @@ def collect(instance: Path) -> list[TrialRecord]:
             continue
         for result in tune.ExperimentAnalysis(str(exp)).trials:
             entry = ledger.get(result.trial_id)
-            if entry is None and (result.last_result or {}).get("slotsweep/replayed"):
+            if entry is None and (result.last_result or {}).get(REPLAYED):
                 copied.append(dict(result.config))
                 continue  # a re-suggested copy of an ended trial, not a trial of its own
             metrics = dict(result.last_result or {})

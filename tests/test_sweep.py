@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from slotsweep.sweep import REPLAYED, RESENT
 from tests.sweep_helpers import (
     cli,
     end_session,
@@ -34,15 +35,15 @@ def check_consistent(storage, expected_trials: int):
     results = trial_results(storage)
     ended = {e["trial_id"]: e for e in ledger(storage)}
     for trial_id, rows in list(results.items()):
-        if trial_id not in ended and all(r.get("slotsweep/replayed") for r in rows):
+        if trial_id not in ended and all(r.get(REPLAYED) for r in rows):
             # a re-suggested copy of a trial that ended unseen by Tune: it stands for it
             original = next(e for e in ended.values() if e["params"] == rows[-1]["config"])
             rows = results.pop(trial_id)
             results.setdefault(original["trial_id"], rows)
     assert len(results) == expected_trials
     for trial_id, rows in results.items():
-        steps = [r["step"] for r in rows if "step" in r and not r.get("slotsweep/replayed")
-                 and not r.get("slotsweep/resent")]  # MLflow's steps: checked below
+        steps = [r["step"] for r in rows if "step" in r and not r.get(REPLAYED)
+                 and not r.get(RESENT)]  # MLflow's steps: checked below
         assert steps == sorted(set(steps)), f"trial {trial_id} reported a step twice: {steps}"
     client, parents, trials = mlflow_runs(storage)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -273,7 +274,7 @@ def test_a_trial_that_ended_unseen_by_tune_keeps_its_record(tmp_path, dsprites16
     assert done.returncode == 0, done.stderr[-3000:]
     (copy,) = trial_results(storage)  # the re-suggested copy, in the new experiment
     assert copy != entry["trial_id"]
-    assert all(row.get("slotsweep/replayed") for row in trial_results(storage)[copy])
+    assert all(row.get(REPLAYED) for row in trial_results(storage)[copy])
     assert not (instance / "work" / copy).exists(), "the copy trained instead of replaying"
     (record,) = collect(instance)
     assert (record.trial_id, record.outcome) == (entry["trial_id"], "finished")
