@@ -695,8 +695,8 @@ def run_sweep(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # With num_to_keep=2, Tune also snapshots whenever a trial has checkpointed twice since
     # the last snapshot, so that the snapshot never names a deleted checkpoint; a trial
-    # that evaluates every few seconds (the quickstart's) makes it warn each time that
-    # snapshots are frequent and advise fewer checkpoints. Those snapshots are wanted.
+    # that checkpoints every few seconds (the tests' tiny ones) makes it warn each time
+    # that snapshots are frequent and advise fewer checkpoints. Those snapshots are wanted.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     _atomic_local_uploads()
 
