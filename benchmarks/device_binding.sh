@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 4's GPU check, in one device lease (about 9 minutes): learning benchmarks (RUNS,
-# default "A"; the first lease ran "B A C") share one GPU for TRAIN_SECONDS, then each prints its curve, baselines, by-object table,
-# margins and mask picture (benchmarks/learning.py --report-only). Everything lands in
+# default "A"; the first lease ran "B A C") share one GPU for TRAIN_SECONDS, then each
+# prints its curve, baselines, by-object table, margins and mask picture
+# (benchmarks/learning.py --report-only). Everything lands in
 # $OUT/learn.tar.gz (curves, logs, reports, pictures, the latest checkpoint per run).
 #   A: the chosen configuration at the paper's scale (configs/dsprites_binding64.yaml),
 #      alone by default. At 93k steps (two leases' worth) it binds multi-sprite scenes
@@ -21,11 +22,11 @@
 #   E: A with the paper's slot initialisation (one learned Gaussian, a fresh draw per
 #      image; evaluation uses a fixed draw) instead of learned per-slot queries, from
 #      scratch. With queries, every scene starts from the same five points, one slot
-#      takes the background, and a lone sprite's spare slots take patches of it (8% of
-#      its stray pixels go to the background's slot at 93k); with fresh draws, spare
-#      slots may split the background instead, which FG-ARI ignores. At 32x32 a Gaussian run still drew stripes when stopped at 9k steps
-#      (BENCHMARKS.md): does it bind at 64x64 within a lease, and does it leave lone
-#      sprites whole?
+#      takes most of the background, and a lone sprite's spare slots take patches of it
+#      (8% of its stray pixels go to the background's slot at 93k); with fresh draws,
+#      spare slots may split the background instead, which FG-ARI ignores. At 32x32 a
+#      Gaussian run still drew stripes when stopped at 9k steps (BENCHMARKS.md): does it
+#      bind at 64x64 within a lease, and does it leave lone sprites whole?
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
 # latest checkpoint, unpacked from learn.tar.gz and carried) when that folder exists,
 # else from benchmarks/results/device/<run>/ (the last recorded state, tracked in git:
