@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from slotsweep.sweep import REPLAYED, RESENT
+from slotsweep.sweep import REPLAYED, RESENT, ended_with
 from tests.sweep_helpers import (
     cli,
     end_session,
@@ -37,7 +37,7 @@ def check_consistent(storage, expected_trials: int):
     for trial_id, rows in list(results.items()):
         if trial_id not in ended and all(r.get(REPLAYED) for r in rows):
             # a re-suggested copy of a trial that ended unseen by Tune: it stands for it
-            original = next(e for e in ended.values() if e["params"] == rows[-1]["config"])
+            original = ended_with(ended, rows[-1]["config"])
             rows = results.pop(trial_id)
             results.setdefault(original["trial_id"], rows)
     assert len(results) == expected_trials
