@@ -30,7 +30,7 @@
 #      ~0.05 lower, and splits all 86 lone sprites (BENCHMARKS.md).
 #   F: the paper's own recipe, untouched (configs/dsprites_slot_attention.yaml: Gaussian
 #      slots, no implicit gradient, 10k warmup, no clipping), evaluated every 1,000
-#      steps, from scratch. A, C and E all carry the search's training aids and all
+#      steps, from scratch. B, A, C and E all carry the search's training aids and all
 #      split lone sprites, while the published 90.7 FG-ARI needs most of them whole: is
 #      the split ours (the aids) or the data's? Give it a lease to itself (RUNS=F).
 # A run resumes from benchmarks/out/device/<run>/ (an earlier lease's workdir: curve and
