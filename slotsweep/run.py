@@ -19,14 +19,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from slotsweep.config import ConfigError, format_validation_error, parse_override
-from slotsweep.data.shards import ShardError
-from slotsweep.sweep_spec import Resources, Sweep, load_sweep
+from slotsweep.sweep_spec import Resources, Sweep, known_sweeps, load_sweep
+
+# Nothing above imports torch, Ray or MLflow, so `--help` and a usage error answer at once.
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m slotsweep.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep", help="a name in sweeps/ (e.g. quickstart) or a path to a YAML")
+    p.add_argument("sweep", nargs="?", help="a name in sweeps/ or a path to a YAML; the "
+                                            "names: " + ", ".join(known_sweeps()))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the base trial config, e.g. --set train.steps=200")
     p.add_argument("--num-samples", type=int, help="total trials (raise it to extend)")
@@ -184,7 +186,12 @@ def _fmt_params(sweep, t) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.sweep is None:
+        parser.error("name a sweep: " + ", ".join(known_sweeps()) + " (or a path to a YAML)")
+    from slotsweep.data.shards import ShardError  # imports torch
+
     try:
         overrides = dict(parse_override(o) for o in args.overrides)
         sweep = load_sweep(args.sweep, overrides)

@@ -218,11 +218,21 @@ def resolve(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         return path
-    for folder in (Path.cwd() / "sweeps", SWEEPS_DIR):
+    for folder in _sweep_folders():
         if (folder / f"{name_or_path}.yaml").is_file():
             return folder / f"{name_or_path}.yaml"
-    known = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
-    raise ConfigError(f"no sweep named {name_or_path!r} in sweeps/ (known: {', '.join(known)})")
+    raise ConfigError(f"no sweep named {name_or_path!r} in sweeps/ "
+                      f"(known: {', '.join(known_sweeps())})")
+
+
+def known_sweeps() -> list[str]:
+    """The names `resolve` finds."""
+    return sorted({p.stem for folder in _sweep_folders() for p in folder.glob("*.yaml")})
+
+
+def _sweep_folders() -> tuple[Path, Path]:
+    """Where a sweep's name is looked up: ./sweeps first, then the package's."""
+    return Path.cwd() / "sweeps", SWEEPS_DIR
 
 
 def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sweep:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -152,6 +154,26 @@ def test_overrides_apply_to_the_base_config(tmp_path):
 def test_unknown_sweep_name_lists_the_known_ones():
     with pytest.raises(ConfigError, match="no sweep named 'nope'.*quickstart"):
         load_sweep("nope")
+
+
+def test_run_without_a_sweep_lists_them_and_imports_no_torch(tmp_path):
+    """`python -m slotsweep.run` alone names the sweeps it can run (the package's and
+    those of ./sweeps), and the module imports neither torch, Ray nor MLflow, so a
+    usage error or `--help` answers at once instead of after seconds of imports."""
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "my_sweep.yaml").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "slotsweep.run"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "name a sweep:" in proc.stderr
+    assert "quickstart" in proc.stderr and "my_sweep" in proc.stderr
+
+    probe = ("import sys, slotsweep.run; "
+             "print([m for m in ('torch', 'ray', 'mlflow') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
