@@ -7,7 +7,7 @@
 # $OUT/learn.tar.gz (curves, logs, reports, pictures, the latest checkpoint per run).
 #   A: the chosen configuration at the paper's scale (configs/dsprites_binding64.yaml).
 #      At 109k steps (three leases' worth) it binds multi-sprite scenes but still splits
-#      95% of the lone sprites among the spare slots, and its FG-ARI has been flat since
+#      96% of the lone sprites among the spare slots, and its FG-ARI has been flat since
 #      ~75k steps (BENCHMARKS.md): training on alone is unlikely to fix them.
 #   B: the chosen 32x32 configuration (its FG-ARI levels off at ~0.53 by 90k steps);
 #   C: B's configuration with the paper's decoder (4 layers of 5x5), from scratch: do
