@@ -245,7 +245,7 @@ def state_is_readable(storage: Path) -> None:
     """What the stopped sweep left can be read back: Tune's state, the ledger, MLflow,
     and each trial's latest checkpoint."""
     from slotsweep import checkpoint
-    from slotsweep.sweep import read_ledger
+    from slotsweep.trial import read_ledger
 
     instance = instance_dir(storage)
     experiments = sorted(p for p in instance.glob("tune-*") if p.is_dir())

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from slotsweep.sweep import REPLAYED, RESENT, ended_with
+from slotsweep.trial import REPLAYED, RESENT, ended_with
 from tests.sweep_helpers import (
     cli,
     end_session,

@@ -156,10 +156,9 @@ def test_unknown_sweep_name_lists_the_known_ones():
         load_sweep("nope")
 
 
-def test_run_without_a_sweep_lists_them_and_imports_no_torch(tmp_path):
-    """`python -m slotsweep.run` alone names the sweeps it can run (the package's and
-    those of ./sweeps), and the module imports neither torch, Ray nor MLflow, so a
-    usage error or `--help` answers at once instead of after seconds of imports."""
+def test_run_without_a_sweep_lists_them(tmp_path):
+    """`python -m slotsweep.run` alone names the sweeps it can run: the package's and
+    those of ./sweeps."""
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "my_sweep.yaml").write_text("{}")
     proc = subprocess.run([sys.executable, "-m", "slotsweep.run"], cwd=tmp_path,
@@ -168,8 +167,15 @@ def test_run_without_a_sweep_lists_them_and_imports_no_torch(tmp_path):
     assert "name a sweep:" in proc.stderr
     assert "quickstart" in proc.stderr and "my_sweep" in proc.stderr
 
-    probe = ("import sys, slotsweep.run; "
-             "print([m for m in ('torch', 'ray', 'mlflow') if m in sys.modules])")
+
+@pytest.mark.parametrize("module, absent", [
+    # `--help` and usage errors answer at once instead of after seconds of imports
+    ("slotsweep.run", ("torch", "ray", "mlflow")),
+    # a trial's Ray worker imports what it runs, not the driver's tracking and search
+    ("slotsweep.trial", ("mlflow", "optuna")),
+])
+def test_modules_do_not_import_what_they_do_not_need(module, absent):
+    probe = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
