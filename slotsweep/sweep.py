@@ -330,11 +330,10 @@ class TrackingCallback(Callback):
 
     @_stop_on_storage_faults
     def on_trial_complete(self, iteration, trials, trial, **info):
-        steps = self.sweep.trial_config(trial.config).train.steps
-        done = int((trial.last_result or {}).get("step", 0)) >= steps
-        replayed = (trial.last_result or {}).get(REPLAYED)
-        if replayed:
+        last = trial.last_result or {}
+        if last.get(REPLAYED):
             return
+        done = int(last.get("step", 0)) >= self.sweep.trial_config(trial.config).train.steps
         self._end(trial, "finished" if done else "stopped early")
 
     @_stop_on_storage_faults
