@@ -28,9 +28,8 @@ from slotsweep.train import train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {  # name: (config file, overrides)
-    "dsprites_binding (32x32, batch 16)": ("configs/dsprites_binding.yaml", []),
-    "dsprites_binding64 (64x64, batch 16)": ("configs/dsprites_binding64.yaml",
-                                             ["train.batch_size=16"]),
+    "dsprites_binding": ("configs/dsprites_binding.yaml", []),
+    "dsprites_binding64": ("configs/dsprites_binding64.yaml", ["train.batch_size=16"]),
 }
 
 
@@ -43,9 +42,9 @@ def cpu_flags() -> str:
     return ", ".join(have) or "none of avx2/avx512f/avx512_bf16/amx_bf16"
 
 
-def seconds_per_step(config, model, optimizer, batch, steps: int) -> float:
+def seconds_per_step(config, model, optimizer, batch, steps: int, warmup: int = 2) -> float:
     device = torch.device("cpu")
-    for step in range(2):  # warm-up: allocations, oneDNN primitive caches
+    for step in range(warmup):  # allocations, oneDNN primitive caches
         train_step(model, optimizer, batch, config, step, device)
     start = time.perf_counter()
     for step in range(steps):
@@ -72,9 +71,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="batch 2, 1 step, 1 repeat (CI)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="batch 1, 1 warm-up and 1 timed step, 1 repeat (CI)")
     args = parser.parse_args()
-    extra = ["train.batch_size=2"] if args.smoke else []
+    extra = ["train.batch_size=1"] if args.smoke else []
+    warmup = 1 if args.smoke else 2
     if args.smoke:
         args.steps, args.repeats = 1, 1
     os.chdir(ROOT)
@@ -86,8 +87,8 @@ def main() -> None:
         configs = {p: load_config(path, [*overrides, *extra, f"train.precision={p}",
                                          "train.device=cpu"])
                    for p in ("fp32", "bf16")}
-        size = configs["fp32"].model.resolution
-        batch = {"image": torch.randint(0, 256, (configs["fp32"].train.batch_size, size, size, 3),
+        size, batch_size = configs["fp32"].model.resolution, configs["fp32"].train.batch_size
+        batch = {"image": torch.randint(0, 256, (batch_size, size, size, 3),
                                         generator=torch.Generator().manual_seed(0),
                                         dtype=torch.uint8)}
         best = {}
@@ -96,10 +97,11 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = build_model(config.model, config.loss)
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-                t = seconds_per_step(config, model, optimizer, batch, args.steps)
+                t = seconds_per_step(config, model, optimizer, batch, args.steps, warmup)
                 best[precision] = min(best.get(precision, t), t)
-        print(f"| {name} | {best['fp32']:.3g} | {best['bf16']:.3g} | "
-              f"{best['fp32'] / best['bf16']:.3g}x | {loss_gap(configs, batch):.1e} |")
+        print(f"| {name} ({size}x{size}, batch {batch_size}) | {best['fp32']:.3g} | "
+              f"{best['bf16']:.3g} | {best['fp32'] / best['bf16']:.3g}x | "
+              f"{loss_gap(configs, batch):.1e} |")
 
 
 if __name__ == "__main__":
