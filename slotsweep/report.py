@@ -17,7 +17,7 @@ The Markdown summary (for a README or an issue) is the seeded table (mean ± 95%
 setting, in three tables: mask scores, probe, loss terms), the loss-type tests, the
 comparison with the sweep file's `published` values (with the seeds each difference
 would need) and the trivial baselines, or the trials ranked by the sweep metric when
-nothing was repeated over seeds.
+nothing was repeated over seeds. The statistics behind it are in `slotsweep.seeds`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,19 @@ import os
 import statistics
 import sys
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slotsweep.config import ConfigError
+from slotsweep.seeds import (
+    finite,
+    fmt,
+    loss_type_tests,
+    published_comparison,
+    seed_groups,
+    seeds_label,
+)
 from slotsweep.sweep_spec import COMPARABLE_METRICS, Sweep, load_sweep
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
@@ -104,10 +111,6 @@ def _value(text: str) -> Any:
     return {"True": True, "False": False, "None": None}.get(text, text)
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def load_trials(client, experiment_id: str, instance: str | None) -> list[TrialView]:
     """Every trial run of the sweep instance (all instances if None), with histories."""
     query = "tags.`slotsweep.role` = 'trial'"
@@ -142,23 +145,17 @@ def load_trials(client, experiment_id: str, instance: str | None) -> list[TrialV
 # ------------------------------------------------------------------------- figures
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return "-" if v is None else str(v)
-
-
 def _hover(t: TrialView, keys: list[str]) -> str:
     parts = [f"<b>{t.trial_id}</b> ({t.status})"]
-    parts += [f"{k} = {_fmt(t.config.get(k))}" for k in keys if t.relevant(k)]
-    parts += [f"{label} = {_fmt(t.metrics.get(m))}" for m, label in METRICS.items()]
+    parts += [f"{k} = {fmt(t.config.get(k))}" for k in keys if t.relevant(k)]
+    parts += [f"{label} = {fmt(t.metrics.get(m))}" for m, label in METRICS.items()]
     return "<br>".join(parts)
 
 
 def _reference_lines(fig, metric: str, references: dict[str, dict[str, float]]) -> None:
     for name, scores in references.items():
         value = scores.get(metric)
-        if _finite(value):
+        if finite(value):
             fig.add_hline(y=value, line_dash="dot", line_color="#999", line_width=1,
                           annotation_text=name, annotation_font_size=10,
                           annotation_font_color="#777")
@@ -176,7 +173,7 @@ def param_figures(trials: list[TrialView], keys: list[str], axes: list[str],
             fig = go.Figure()
             for loss in sorted({t.loss_type for t in trials}):
                 group = [t for t in trials
-                         if t.loss_type == loss and _finite(t.metrics.get(metric))]
+                         if t.loss_type == loss and finite(t.metrics.get(metric))]
                 on = [t for t in group if t.relevant(axis)]
                 off = [t for t in group if not t.relevant(axis)]
                 colour = LOSS_COLOURS.get(loss, "#8172b2")
@@ -293,165 +290,6 @@ def best_masks(client, trial: TrialView) -> tuple[bytes | None, str | None]:
         return (files[0].read_bytes(), f"{latest}/{files[0].name}") if files else (None, None)
 
 
-# ------------------------------------------------------------------- seeds and tests
-
-
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | None]:
-    """Mean and the half-width of its Student-t confidence interval (None for n < 2)."""
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / n**0.5
-
-
-def seed_groups(trials: list[TrialView], keys: list[str],
-                metrics: list[str]) -> list[dict[str, Any]]:
-    """Trials that differ only in their seed, with mean ± 95% CI of each metric over the
-    finished ones. A running, failed or early-stopped trial stands at another step (or at
-    none), so it is counted apart (`unfinished`) and left out of the statistics: a
-    half-done seeded sweep compares like with like."""
-    setting = [k for k in keys if k != "seed"]
-    groups: dict[tuple, list[TrialView]] = {}
-    for t in trials:
-        ident = tuple((k, t.config.get(k)) for k in setting if t.relevant(k))
-        groups.setdefault(ident, []).append(t)
-    rows = []
-    for ident, members in groups.items():
-        done = [t for t in members if t.status == "finished"]
-        unfinished = Counter(t.status for t in members if t.status != "finished")
-        row: dict[str, Any] = {
-            "setting": ", ".join(f"{k}={_fmt(v)}" for k, v in ident) or "base",
-            "params": dict(ident), "loss": members[0].loss_type, "n": len(done),
-            "size": len(members),
-            "unfinished": dict(unfinished),
-            "trials": sorted(t.trial_id for t in members), "values": {}, "mean": {},
-            "ci": {}}
-        for m in metrics:
-            values = [t.metrics[m] for t in done if _finite(t.metrics.get(m))]
-            if values:
-                row["values"][m] = values
-                row["mean"][m], row["ci"][m] = mean_ci(values)
-        rows.append(row)
-    return rows
-
-
-def seeds_label(group: dict[str, Any]) -> str:
-    """'3', or '1 (+1 running, +1 failed)' while some of a setting's seeds are not done."""
-    extra = ", ".join(f"+{n} {status}" for status, n in sorted(group["unfinished"].items()))
-    return f"{group['n']} ({extra})" if extra else str(group["n"])
-
-
-def welch_p(xs: list[float], ys: list[float]) -> float | None:
-    """Two-sided p of Welch's t-test; None where it is undefined (no spread on either
-    side, where scipy would warn and return NaN)."""
-    from scipy import stats
-
-    if len(set(xs)) < 2 and len(set(ys)) < 2:
-        return None
-    p = float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
-    return p if math.isfinite(p) else None
-
-
-def seeds_for_power(diff: float, xs: list[float], ys: list[float], *, power: float = 0.8,
-                    alpha: float = 0.05, limit: int = 100) -> int | None:
-    """Seeds per side that Welch's two-sided test needs to find a true difference `diff`
-    with probability `power`, at the spread of `xs` and `ys` (sample variances): the
-    smallest n (2..limit) by the noncentral t distribution, None above `limit` or when
-    neither side varies."""
-    from scipy import stats
-
-    vx, vy = statistics.variance(xs), statistics.variance(ys)
-    var = vx + vy
-    if not (math.isfinite(var) and var > 0) or diff == 0:
-        return None
-    quartic = vx ** 2 + vy ** 2
-    for n in range(2, limit + 1):
-        df = var ** 2 / (quartic / (n - 1))  # Welch-Satterthwaite, n seeds per side
-        nc = abs(diff) / math.sqrt(var / n)
-        t = stats.t.ppf(1 - alpha / 2, df)
-        if stats.nct.sf(t, df, nc) + stats.nct.cdf(-t, df, nc) >= power:
-            return n
-    return None
-
-
-def loss_type_tests(groups: list[dict[str, Any]], metric: str, mode: str) -> list[dict]:
-    """Each loss type's best setting (by mean over seeds) against every other's:
-    Welch's t-test on the per-seed values (two-sided; needs 2+ seeds on both sides)."""
-    best: dict[str, dict] = {}
-    for g in groups:
-        if len(g["values"].get(metric, [])) < 2:
-            continue
-        current = best.get(g["loss"])
-        better = (g["mean"][metric] > current["mean"][metric] if mode == "max"
-                  else g["mean"][metric] < current["mean"][metric]) if current else True
-        if better:
-            best[g["loss"]] = g
-    out = []
-    names = sorted(best)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            x, y = best[a]["values"][metric], best[b]["values"][metric]
-            out.append({"a": f"{a} ({best[a]['setting']})", "b": f"{b} ({best[b]['setting']})",
-                        "diff": best[a]["mean"][metric] - best[b]["mean"][metric],
-                        "p": welch_p(x, y), "n": f"{len(x)} vs {len(y)}"})
-    return out
-
-
-def published_comparison(groups: list[dict[str, Any]], published, metric: str,
-                         mode: str, alpha: float = 0.05) -> list[dict[str, Any]]:
-    """Each difference between two variants that the published values give, next to the
-    same difference here (Welch's t-test over finished seeds): 'agrees' or 'disagrees'
-    when p < alpha, 'not resolved' otherwise, 'waiting' below 2 seeds on either side.
-    A variant swept over other settings too is represented by its best setting."""
-    def pick(variant: str) -> dict[str, Any] | None:
-        mine = [g for g in groups if g["params"].get("variant") == variant]
-        scored = [g for g in mine if metric in g["mean"]]
-        if not scored:
-            return mine[0] if mine else None
-        choose = max if mode == "max" else min
-        return choose(scored, key=lambda g: g["mean"][metric])
-
-    values = published.values
-    names = list(values)
-    rows = []
-    for m in dict.fromkeys(k for v in values.values() for k in v):
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if m not in values[a] or m not in values[b]:
-                    continue
-                ga, gb = pick(a), pick(b)
-                xs = (ga or {}).get("values", {}).get(m, [])
-                ys = (gb or {}).get("values", {}).get(m, [])
-                row = {"metric": m, "a": a, "b": b, "paper_a": values[a][m],
-                       "paper_b": values[b][m], "paper_diff": values[a][m] - values[b][m],
-                       "n": f"{len(xs)} vs {len(ys)}", "mean_a": None, "mean_b": None,
-                       "ci_a": None, "ci_b": None, "diff": None, "p": None,
-                       "seeds_needed": None}
-                if xs:
-                    row["mean_a"], row["ci_a"] = ga["mean"][m], ga["ci"][m]
-                if ys:
-                    row["mean_b"], row["ci_b"] = gb["mean"][m], gb["ci"][m]
-                if len(xs) < 2 or len(ys) < 2:
-                    row["verdict"] = "waiting for seeds"
-                    rows.append(row)
-                    continue
-                row["diff"] = row["mean_a"] - row["mean_b"]
-                row["p"] = welch_p(xs, ys)
-                row["seeds_needed"] = seeds_for_power(row["paper_diff"], xs, ys)
-                same = row["diff"] * row["paper_diff"] > 0
-                if row["p"] is not None and row["p"] < alpha:
-                    row["verdict"] = "agrees" if same else "disagrees"
-                else:
-                    row["verdict"] = ("not resolved (same direction)" if same
-                                      else "not resolved (other direction)")
-                rows.append(row)
-    return rows
-
-
 def seed_figure(groups: list[dict[str, Any]]) -> dict | None:
     """Mean ± 95% CI over seeds per setting, FG-ARI and mBO side by side."""
     import plotly.graph_objects as go
@@ -534,7 +372,7 @@ def progress_text(steps: dict[str, Any]) -> str:
 
 
 def best_trial(trials: list[TrialView], metric: str, mode: str) -> TrialView | None:
-    scored = [t for t in trials if _finite(t.metrics.get(metric))]
+    scored = [t for t in trials if finite(t.metrics.get(metric))]
     if not scored:
         return None
     pick = max if mode == "max" else min
@@ -549,7 +387,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     keys = sweep.order()
     best = best_trial(trials, spec.search.metric, spec.search.mode)
     references, baseline_png = baseline_scores(sweep) if with_baselines else ({}, None)
-    numeric = [k for k in keys if all(_finite(t.config.get(k)) for t in trials if t.relevant(k))]
+    numeric = [k for k in keys if all(finite(t.config.get(k)) for t in trials if t.relevant(k))]
     axes = [a for a in dict.fromkeys([*AXES, *numeric])
             if len({t.config.get(a) for t in trials if t.relevant(a)}) > 1]
     counts = {s: sum(t.status == s for t in trials)
@@ -560,11 +398,11 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     order = list(PROBE_LABELS)
     probes = sorted({m for t in trials for m in t.metrics if m.startswith("probe/")},
                     key=lambda m: (order.index(m) if m in order else len(order), m))
-    terms = [m for m in LOSS_TERMS if any(_finite(t.metrics.get(m)) for t in trials)]
+    terms = [m for m in LOSS_TERMS if any(finite(t.metrics.get(m)) for t in trials)]
     shown = [*METRICS, *probes, *terms]  # every value the tables show per trial or setting
     columns = [{"key": "trial", "label": "trial", "numeric": False},
                *({"key": k, "label": k, "numeric": all(
-                   _finite(t.config.get(k)) for t in trials if t.relevant(k))} for k in keys),
+                   finite(t.config.get(k)) for t in trials if t.relevant(k))} for k in keys),
                *({"key": m, "label": label, "numeric": True} for m, label in METRICS.items()),
                *({"key": m, "label": _label(m), "numeric": True}
                  for m in (*probes, *terms)),
@@ -577,7 +415,7 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
                                "error": t.error or "",
                                "step": t.metrics.get("step")}
         row.update({k: t.config.get(k) if t.relevant(k) else None for k in keys})
-        row.update({m: t.metrics.get(m) if _finite(t.metrics.get(m)) else None
+        row.update({m: t.metrics.get(m) if finite(t.metrics.get(m)) else None
                     for m in shown})
         rows.append(row)
     best_png, best_path = best_masks(client, best) if best is not None else (None, None)
@@ -608,11 +446,11 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
         "columns": columns, "rows": rows,
         "best": None if best is None else {
             "trial": best.trial_id, "run_id": best.run_id, "status": best.status,
-            "params": {k: _fmt(best.config.get(k)) for k in keys if best.relevant(k)},
-            "metrics": {label: _fmt(best.metrics.get(m)) for m, label in METRICS.items()},
+            "params": {k: fmt(best.config.get(k)) for k in keys if best.relevant(k)},
+            "metrics": {label: fmt(best.metrics.get(m)) for m, label in METRICS.items()},
             "masks": _png(best_png), "masks_path": best_path,
         },
-        "baselines": {name: {METRICS[m]: _fmt(v) for m, v in s.items()}
+        "baselines": {name: {METRICS[m]: fmt(v) for m, v in s.items()}
                       for name, s in references.items()},
         "baseline_masks": _png(baseline_png),
     }
@@ -621,10 +459,10 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
 def mean_pm(value: Any, ci: Any = None) -> str:
     """'0.466 ± 0.151'; tiny values (loss terms) in e-notation, the interval alike, as
     the HTML trials table writes them; '–' for no value."""
-    if not _finite(value):
+    if not finite(value):
         return "–"
     spec = ".3f" if value == 0 or abs(value) >= 0.01 else ".2e"
-    return f"{value:{spec}} ± {ci:{spec}}" if _finite(ci) else f"{value:{spec}}"
+    return f"{value:{spec}} ± {ci:{spec}}" if finite(ci) else f"{value:{spec}}"
 
 
 def seeds_needed(row: dict[str, Any]) -> str:
@@ -667,10 +505,10 @@ def markdown(context: dict[str, Any]) -> str:
         ranked = sorted(context["rows"], key=lambda r: (r.get(metric) is None,
                                                         sign * (r.get(metric) or 0)))
         for r in ranked:
-            values = [mean_pm(r.get(k)) if isinstance(r.get(k), float) else _fmt(r.get(k))
+            values = [mean_pm(r.get(k)) if isinstance(r.get(k), float) else fmt(r.get(k))
                       for k in keys]
             lines.append(f"| {r['trial']} | " + " | ".join(values)
-                         + f" | {_fmt(r['step'])} | {r['status']} |")
+                         + f" | {fmt(r['step'])} | {r['status']} |")
     if context["tests"]:
         lines += ["", f"| best setting of | vs | difference in {context['metric']} | seeds | "
                   "p (Welch) |", "|---|---|---|---|---|"]

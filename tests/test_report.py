@@ -14,7 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from slotsweep.report import TrialView, mean_ci, param_figures, seeds_for_power
+from slotsweep.report import TrialView, param_figures
+from slotsweep.seeds import mean_ci, seeds_for_power
 from tests.browser import chromium, mlflow_server, require_chromium
 from tests.sweep_helpers import mlflow_runs, run, sweep_file
 
@@ -241,7 +242,7 @@ def test_mean_ci_is_students_t_interval():
 
 
 def test_seed_groups_and_loss_type_tests():
-    from slotsweep.report import loss_type_tests, seed_groups
+    from slotsweep.seeds import loss_type_tests, seed_groups
 
     def trial(i, loss, beta, seed, fg):
         t = _trial(f"t{i}", loss, beta, fg)
@@ -327,7 +328,8 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
 def test_seed_statistics_count_finished_trials_only():
     """A half-done seeded sweep: running and failed seeds are counted beside the finished
     ones, never averaged into them (they stand at another step, or at none)."""
-    from slotsweep.report import markdown, seed_groups, seeds_label
+    from slotsweep.report import markdown
+    from slotsweep.seeds import seed_groups, seeds_label
 
     def trial(i, seed, fg, status="finished"):
         t = _trial(f"t{i}", "none", 1.0, fg)
@@ -509,7 +511,8 @@ def test_markdown_writes_tiny_loss_terms_in_e_notation():
 def test_published_differences_are_set_next_to_this_sweeps():
     """Each difference between two variants in the published values is compared, by
     direction and Welch's test over finished seeds, with the same difference here."""
-    from slotsweep.report import markdown, published_comparison, seed_groups
+    from slotsweep.report import markdown
+    from slotsweep.seeds import published_comparison, seed_groups
     from slotsweep.sweep_spec import Published
 
     rng = np.random.default_rng(1)
