@@ -2,9 +2,11 @@
 
 Trains a config on the synthetic colored multi-dSprites with the shared trainer and
 prints its evaluation curve next to trivial baselines on the same validation images
-(one slot; 2x2, 3x3, 4x4 blocks), then the latest checkpoint's scores by the number of
-objects in the image next to the 2x2 blocks', the margins over the best baselines, and
-how sprites are split (stray pixels; slots that share a sprite). Rerunning resumes from
+(one slot; 2x2, 3x3, 4x4 blocks; and for the reconstruction loss, each image's mean
+colour or token everywhere: the plateau a model sits on until slots model objects),
+then the latest checkpoint's scores by the number of objects in the image next to the
+2x2 blocks', the margins over the best baselines, and how sprites are split (stray
+pixels; slots that share a sprite). Rerunning resumes from
 the checkpoint, so a long run can span several sittings; the curve is kept in
 `<workdir>/curve.jsonl`.
 
@@ -29,7 +31,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from slotsweep import checkpoint
-from slotsweep.baselines import block_masks, margins, trivial_baselines
+from slotsweep.baselines import (
+    block_masks,
+    flat_reconstruction_loss,
+    margins,
+    trivial_baselines,
+)
 from slotsweep.batches import Batches, to_model_inputs
 from slotsweep.config import load_config
 from slotsweep.data.synthetic import ensure_synthetic
@@ -201,20 +208,27 @@ def main() -> None:
         fit(config, record, workdir=workdir, log=lambda s: print(s, flush=True))
 
     val = Batches.open(config.data.val, config.model, eval=True)
-    seg = torch.cat([b["segmentation"].long() for b in
-                     val.eval_batches(config.eval.batch_size, config.eval.max_images)])
+    seg, flat = [], []
+    for batch in val.eval_batches(config.eval.batch_size, config.eval.max_images):
+        _, target, labels = to_model_inputs(batch, config.model, torch.device("cpu"))
+        seg.append(labels)
+        flat.append(flat_reconstruction_loss(target))
+    seg, flat = torch.cat(seg), float(torch.cat(flat).mean())
     print(f"\nconfig: {args.config} {' '.join(args.overrides)}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; "
           f"{seg.shape[0]} validation images at {seg.shape[-1]}px\n")
-    print("| step | train minutes (wall) | FG-ARI | mBO | train loss |")
-    print("|---|---|---|---|---|")
+    print("| step | train minutes (wall) | FG-ARI | mBO | train loss | val recon |")
+    print("|---|---|---|---|---|---|")
     for r in read_curve(curve_file):
         print(f"| {r['step']} | {r['time/elapsed_s'] / 60:.1f} | {r['val/fg_ari']:.3f} | "
-              f"{r['val/mbo']:.3f} | {r['train/loss']:.4g} |")
+              f"{r['val/mbo']:.3f} | {r['train/loss']:.4g} | {r['val/recon']:.4g} |")
     print("\n| trivial baseline | FG-ARI | mBO |\n|---|---|---|")
     for name, s in trivial_baselines(seg).items():
         print(f"| {name} | {s['fg_ari']:.3f} | {s['mbo']:.3f} |")
+    what = "token" if config.model.target == "features" else "colour"
+    print(f"\nflat reconstruction (each image's mean {what} everywhere): val recon "
+          f"{flat:.4g}; a curve at this level models nothing of the objects yet")
     curve = read_curve(curve_file)
     print("\nlast:", progress_line(curve[-1], config.train.steps) if curve
           else "no evaluation yet")

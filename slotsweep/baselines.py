@@ -1,7 +1,8 @@
-"""Trivial mask baselines, so nobody mistakes block-like masks for objects.
+"""Trivial baselines, so nobody mistakes block-like masks for objects.
 
 "one slot" puts every pixel in one mask; "blocks NxN" cuts the image into an N×N grid
-of equal blocks (DINOSAUR reports the same "block masks" baseline on COCO).
+of equal blocks (DINOSAUR reports the same "block masks" baseline on COCO). For the
+reconstruction, "flat" paints each image's mean colour (or mean token) everywhere.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ def block_masks(grid: int, height: int, width: int) -> torch.Tensor:
     cols = torch.arange(width) * grid // width
     cell = rows[:, None] * grid + cols[None, :]  # (H, W)
     return torch.nn.functional.one_hot(cell, grid * grid).permute(2, 0, 1).float()
+
+
+def flat_reconstruction_loss(target: torch.Tensor) -> torch.Tensor:
+    """Per image [B]: the mean squared error of the best flat reconstruction, each image's
+    mean colour (or mean token) at every position, of images [B, C, H, W] or tokens
+    [B, N, D]. A model whose reconstruction loss sits at this level models nothing of the
+    objects: the plateau before slots bind, where one slot paints the background."""
+    positions = (2, 3) if target.dim() == 4 else (1,)
+    flat = target.mean(dim=positions, keepdim=True)
+    return (target - flat).pow(2).flatten(1).mean(1)
 
 
 def baseline_masks(height: int, width: int) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from slotsweep.config import load_config
+from slotsweep.data.shards import ShardDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "learning.py"
@@ -59,6 +60,15 @@ def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
     rows = table(out, "| step |")
     assert [int(r[0]) for r in rows] == [c["step"] for c in curve] == [2, 4]
     assert [float(r[2]) for r in rows] == [round(c["val/fg_ari"], 3) for c in curve]
+    assert [float(r[5]) for r in rows] == [float(f"{c['val/recon']:.4g}") for c in curve]
+
+    # The flat reconstruction, from the validation shards' pixels (in [-1, 1]) here.
+    val = ShardDataset(dsprites16 / "val")
+    images = np.stack([val[i]["image"] for i in range(len(val))]) / 127.5 - 1.0
+    flat = ((images - images.mean(axis=(1, 2), keepdims=True)) ** 2).mean(axis=(1, 2, 3))
+    printed = re.search(r"flat reconstruction \(each image's mean colour everywhere\): "
+                        r"val recon ([0-9.e-]+);", out)
+    assert printed and float(printed[1]) == pytest.approx(flat.mean(), rel=1e-3)
 
     baselines = {r[0]: (float(r[1]), float(r[2])) for r in table(out, "| trivial baseline |")}
     by_objects = table(out, "| objects |")

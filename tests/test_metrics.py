@@ -283,3 +283,24 @@ def test_margins_over_the_best_trivial_baseline():
             assert out["fg_ari"].low > 0.3 and out["mbo"].low > 0.5
     assert out["fg_ari"].baseline == "blocks 2x2" and out["fg_ari"].mean == 0
     assert out["mbo"].mean < 0 and out["mbo"].high < 0  # blocks 2x2 lose to 4x4 on mBO
+
+
+def test_flat_reconstruction_is_the_best_constant_per_image():
+    """The flat baseline's loss: 0 for a flat image, 1 for a half -1 / half +1 image, the
+    per-token spread for tokens; and no other constant per image does better."""
+    from slotsweep.baselines import flat_reconstruction_loss
+
+    images = torch.zeros(3, 3, 8, 8)
+    images[0] = 0.3  # flat
+    images[1, :, :, :4], images[1, :, :, 4:] = -1.0, 1.0  # two halves
+    images[2] = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    loss = flat_reconstruction_loss(images)
+    assert loss.shape == (3,)
+    assert loss[0] == pytest.approx(0.0, abs=1e-12) and loss[1] == pytest.approx(1.0)
+    colour = images[2].mean(dim=(1, 2), keepdim=True)
+    assert loss[2] == pytest.approx(float((images[2] - colour).pow(2).mean()))
+    for shift in (0.05, -0.2):  # any other flat colour reconstructs worse
+        assert float((images[2] - colour - shift).pow(2).mean()) > loss[2]
+
+    tokens = torch.tensor([[[2.0, 0.0], [-2.0, 0.0]]])  # [B=1, N=2, D=2]: mean token (0, 0)
+    assert flat_reconstruction_loss(tokens).tolist() == pytest.approx([2.0])  # (4+0+4+0)/4
