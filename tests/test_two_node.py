@@ -262,7 +262,8 @@ def test_worker_node_killed_mid_trial_resumes_on_the_head(tmp_path, dsprites16,
     # than the one Tune had registered when the node died) repeats a step by design;
     # the trail is what was trained, and the re-sent report is checked on its own below.
     rows = [r for r in results[victim] if not r.get(RESENT)]
-    resent = [r["step"] for r in results[victim] if r.get(RESENT)]
+    resent_rows = [r for r in results[victim] if r.get(RESENT)]
+    resent = [r["step"] for r in resent_rows]
     trail = [(r["step"], r["node_ip"]) for r in rows]
     nodes = [ip for _, ip in trail]
     first_head = nodes.index(HEAD_IP) if HEAD_IP in nodes else None
@@ -277,7 +278,7 @@ def test_worker_node_killed_mid_trial_resumes_on_the_head(tmp_path, dsprites16,
     # Resumed from the last reported checkpoint (or the trainer's own newer one).
     assert reported[0] < before < after <= before + 4, trail
     # At most one re-send, on the head, of the checkpoint it resumed from.
-    resent_on = [r["node_ip"] for r in results[victim] if r.get(RESENT)]
+    resent_on = [r["node_ip"] for r in resent_rows]
     assert len(resent) <= 1 and set(resent_on) <= {HEAD_IP}, (resent, resent_on)
     assert all(before <= step < after for step in resent), (resent, trail)
 
