@@ -60,6 +60,31 @@ def trivial_baselines(segmentation: torch.Tensor) -> dict[str, dict[str, float]]
             for name, scores in per_image_baselines(segmentation).items()}
 
 
+METRIC_LABELS = {"fg_ari": "FG-ARI", "mbo": "mBO"}
+
+
+def against_baselines(scores: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
+    """One line that sets each metric of `scores` ("fg_ari", "mbo") beside the best
+    trivial baseline on that metric (as `trivial_baselines` gives them), and says
+    whether the masks are above it."""
+    parts, above = [], []
+    for metric, label in METRIC_LABELS.items():
+        name = max(baselines, key=lambda n: baselines[n][metric])
+        value, level = scores.get(metric, math.nan), baselines[name][metric]
+        parts.append(f"{label} {value:.3f} vs {level:.3f} ({name})")
+        if value > level:
+            above.append(label)
+    if not all(math.isfinite(scores.get(m, math.nan)) for m in METRIC_LABELS):
+        verdict = "not scored"
+    elif len(above) == len(METRIC_LABELS):
+        verdict = "above on both"
+    elif above:
+        verdict = f"above on {above[0]} only"
+    else:
+        verdict = "below on both: no better than fixed blocks"
+    return "against the best trivial baseline: " + ", ".join(parts) + f": {verdict}"
+
+
 @dataclass(frozen=True)
 class Margin:
     """The model's mean score minus the best trivial baseline's, paired over images."""

@@ -114,7 +114,7 @@ def summary(sweep: Sweep, result, started: str) -> str:
     """Trials, the best one, the trivial baselines, and where to look in MLflow."""
     import torch
 
-    from slotsweep.baselines import trivial_baselines
+    from slotsweep.baselines import against_baselines, trivial_baselines
     from slotsweep.batches import Batches
 
     metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
@@ -138,8 +138,9 @@ def summary(sweep: Sweep, result, started: str) -> str:
     val = Batches.open(base.data.val, base.model, eval=True)
     seg = torch.cat([b["segmentation"].long() for b in
                      val.eval_batches(base.eval.batch_size, base.eval.max_images)])
+    baselines = trivial_baselines(seg)
     lines += ["", "trivial baselines on the same validation images:"]
-    for name, s in trivial_baselines(seg).items():
+    for name, s in baselines.items():
         lines.append(f"  {name:<12} FG-ARI {s['fg_ari']:.3f}  mBO {s['mbo']:.3f}")
     failed = [t for t in rows if t.outcome == "failed"]
     if failed:
@@ -155,7 +156,10 @@ def summary(sweep: Sweep, result, started: str) -> str:
         so_far = " so far" if unfinished else ""
         lines += ["", f"best trial{so_far} {best.trial_id}: "
                   f"FG-ARI {_fmt(best.metrics.get('val/fg_ari'))}"
-                  f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(sweep, best)})"]
+                  f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(sweep, best)})",
+                  "  " + against_baselines(
+                      {m: best.metrics.get(f"val/{m}", math.nan) for m in ("fg_ari", "mbo")},
+                      baselines)]
     lines += [
         "", "open it in MLflow:",
         f"  mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000",

@@ -285,6 +285,30 @@ def test_margins_over_the_best_trivial_baseline():
     assert out["mbo"].mean < 0 and out["mbo"].high < 0  # blocks 2x2 lose to 4x4 on mBO
 
 
+def test_against_baselines_names_the_best_baseline_per_metric():
+    """The summary line compares each metric with the baseline that scores best on it,
+    and its verdict follows the comparisons: 2x2 blocks are the FG-ARI bar and 4x4 blocks
+    the mBO bar of these scenes, so the 2x2 blocks themselves are above on neither."""
+    from slotsweep.baselines import against_baselines, trivial_baselines
+    from slotsweep.data.dsprites import generate
+
+    table = trivial_baselines(
+        torch.from_numpy(generate(120, seed=2, resolution=32)["segmentation"]).long())
+    bar = {m: max(table, key=lambda name: table[name][m]) for m in ("fg_ari", "mbo")}
+    assert bar == {"fg_ari": "blocks 2x2", "mbo": "blocks 4x4"}
+    line = against_baselines(table["blocks 2x2"], table)
+    assert (f"FG-ARI {table['blocks 2x2']['fg_ari']:.3f} vs "
+            f"{table['blocks 2x2']['fg_ari']:.3f} (blocks 2x2)") in line
+    assert f"vs {table['blocks 4x4']['mbo']:.3f} (blocks 4x4)" in line
+    assert line.endswith("below on both: no better than fixed blocks")
+    level = {m: table[bar[m]][m] for m in bar}
+    assert against_baselines({"fg_ari": level["fg_ari"] + 0.01, "mbo": level["mbo"] + 0.01},
+                             table).endswith("above on both")
+    assert against_baselines({"fg_ari": 0.0, "mbo": level["mbo"] + 0.01},
+                             table).endswith("above on mBO only")
+    assert against_baselines({"fg_ari": math.nan, "mbo": 0.9}, table).endswith("not scored")
+
+
 def test_flat_reconstruction_is_the_best_constant_per_image():
     """The flat baseline's loss: 0 for a flat image, 1 for a half -1 / half +1 image, the
     per-token spread for tokens; and no other constant per image does better."""

@@ -73,6 +73,7 @@ def test_sweep_finds_best_trial_and_tracks_every_trial(tmp_path, dsprites16):
     finals = {r.data.tags["slotsweep.trial_id"]: r.data.metrics["val/fg_ari"] for r in trials}
     best = max(finals, key=finals.get)
     assert f"best trial {best}: FG-ARI {finals[best]:.3f}" in done.stdout
+    assert f"against the best trivial baseline: FG-ARI {finals[best]:.3f} vs" in done.stdout
     assert "trivial baselines" in done.stdout and "blocks 2x2" in done.stdout
     assert done.stdout.rstrip().endswith("(Ray: local)")  # no worker line after the summary
     assert "snapshotting has been triggered" not in done.stderr  # wanted snapshots, no advice
