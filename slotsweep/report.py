@@ -383,6 +383,8 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
                   instance: str | None, tracking_uri: str, with_baselines: bool = True
                   ) -> dict[str, Any]:
     """Everything the template shows (JSON-serialisable but for the Plotly bundle)."""
+    from slotsweep.baselines import against_baselines
+
     spec = sweep.spec
     keys = sweep.order()
     best = best_trial(trials, spec.search.metric, spec.search.mode)
@@ -449,6 +451,10 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
             "params": {k: fmt(best.config.get(k)) for k in keys if best.relevant(k)},
             "metrics": {label: fmt(best.metrics.get(m)) for m, label in METRICS.items()},
             "masks": _png(best_png), "masks_path": best_path,
+            "against": against_baselines(
+                {m: best.metrics.get(f"val/{m}", math.nan) for m in ("fg_ari", "mbo")},
+                {name: {m: s[f"val/{m}"] for m in ("fg_ari", "mbo")}
+                 for name, s in references.items()}) if references else None,
         },
         "baselines": {name: {METRICS[m]: fmt(v) for m, v in s.items()}
                       for name, s in references.items()},

@@ -142,6 +142,11 @@ def test_report_renders_plots_table_and_masks_in_chromium(swept):
         assert int(progress.get_attribute("data-finished")) == outcomes.count("finished")
         assert int(progress.get_attribute("data-pending")) == 0
         assert not browser.find_elements(By.ID, "steps")  # nothing left to train
+        against = browser.find_element(By.ID, "against").text
+        best_fg = fg_ari(by_trial[ranked[0]])
+        assert against.startswith(
+            f"Best trial against the best trivial baseline: FG-ARI {best_fg:.3f} vs "), against
+        assert "(blocks " in against and against.endswith(("both.", "only.", "blocks."))
         for image in ("best-masks", "baseline-masks"):
             width = browser.execute_script(
                 f"return document.getElementById('{image}').naturalWidth")
