@@ -8,6 +8,7 @@ Compares, on the same data in the same run:
   - the authors' layout: one `.npy` file per image, loaded with np.load per sample.
 
     python benchmarks/loader.py [--images 4096] [--batch-size 64]
+    python benchmarks/loader.py --smoke      # 128 images of 16x32 tokens; CI runs it
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--smoke", action="store_true",
+                        help="128 images of 16x32 tokens, batch 16: the script's CI")
     args = parser.parse_args()
+    tokens, dim = (16, 32) if args.smoke else (TOKENS, DIM)
+    if args.smoke:
+        args.images, args.batch_size = 128, 16
     root = Path(tempfile.mkdtemp(prefix="slotsweep-loader-"))
     try:
         rng = np.random.default_rng(0)
@@ -60,12 +66,12 @@ def main() -> None:
         with ShardWriter(shards, rows_per_shard=1024) as writer:
             for start in range(0, args.images, 256):
                 n = min(256, args.images - start)
-                feats = rng.standard_normal((n, TOKENS, DIM), dtype=np.float32).astype(np.float16)
+                feats = rng.standard_normal((n, tokens, dim), dtype=np.float32).astype(np.float16)
                 writer.write({"id": np.arange(start, start + n, dtype=np.int64),
                               "features": feats})
                 for j in range(n):
                     np.save(npy / f"{start + j:07d}.npy", feats[j])
-        nbytes = args.images * TOKENS * DIM * 2
+        nbytes = args.images * tokens * dim * 2
         files = sorted(shards.glob("*.arrow"))
 
         def raw():
@@ -82,9 +88,12 @@ def main() -> None:
                                        num_workers=workers)
             next(it)  # start-up (worker processes) is not throughput
 
-            def consume(it=it):
+            def consume(it=it, workers=workers):
                 for _ in range(steps - 1):
-                    next(it)  # get_batch gathers (copies) every byte of the batch
+                    batch = next(it)  # get_batch gathers (copies) every byte of the batch
+                    if batch["features"].shape != (args.batch_size, tokens, dim):
+                        raise SystemExit(f"{workers} workers: a batch of shape "
+                                         f"{tuple(batch['features'].shape)}")
 
             rows[f"shards, {workers} loader workers"] = timed(consume) * steps / (steps - 1)
 
@@ -99,8 +108,9 @@ def main() -> None:
         rows["one .npy per image (authors' layout), 0 workers"] = timed(npy_read)
 
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.images} images "
-              f"x {TOKENS}x{DIM} float16 = {nbytes / 1e9:.2f} GB, batch {args.batch_size}, "
-              "warm page cache\n")
+              f"x {tokens}x{dim} float16 = {nbytes / 1e9:.2f} GB, batch {args.batch_size}, "
+              "warm page cache" + (" — SMOKE RUN: tiny, not a measurement" if args.smoke else "")
+              + "\n")
         print("| reader | samples/s | MB/s | vs raw read |\n|---|---|---|---|")
         raw_rate = nbytes / rows["raw read of the shard files (bytes into memory)"]
         for name, seconds in rows.items():

@@ -9,6 +9,7 @@ the difference is what orchestration costs. Also shown: the sum of the trials' t
 inside `fit` (one process, sequential) and Ray's start-up.
 
     python benchmarks/sweep.py [--trials 8] [--steps 200] [--eval-every 20]
+    python benchmarks/sweep.py --smoke       # 2 trials x 4 steps; CI runs it
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=20,
                         help="steps between evaluations (each one is a report + checkpoint)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 trials x 4 steps: the script's CI, not a measurement")
     args = parser.parse_args()
+    if args.smoke:
+        args.trials, args.steps, args.eval_every = 2, 4, 2
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per trial, as Ray gives it
     root = Path(tempfile.mkdtemp(prefix="slotsweep-bench-"))
     try:
@@ -101,7 +106,8 @@ def main() -> None:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores; torch threads per "
               f"trial {os.environ['OMP_NUM_THREADS']}; {args.trials} trials x {args.steps} "
               f"steps (16x16, batch 16), a report + checkpoint every {args.eval_every} "
-              "steps, 2 concurrent\n")
+              "steps, 2 concurrent"
+              + (" — SMOKE RUN: tiny, not a measurement" if args.smoke else "") + "\n")
         print("| measure | seconds |\n|---|---|")
         print(f"| Ray start-up (`ray.init`, local; not in the sweep time) | {t_ray:.1f} |")
         print(f"| sum of the trials' time inside `fit` | {sum(inside):.1f} |")

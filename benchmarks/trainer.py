@@ -109,7 +109,8 @@ def main() -> None:
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+          + (" — SMOKE RUN: batch 2, 1 step, not a measurement" if args.smoke else ""))
     print(f"float32 matmul floor (2048^2): {floor:.1f} GFLOP/s\n")
     print("| config | batch | s/step | steps/s | GFLOP/step | GFLOP/s | % of matmul | "
           "peak RSS (GB) | params (M) |")

@@ -1,0 +1,79 @@
+"""Every benchmark script runs in CI in its smoke mode (tiny sizes, seconds), so none of
+them rots between the runs that measure; each test checks what its table says against
+what it can recompute. (gpu.py, learning.py and precision.py have their own tests.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_learning_bench import table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def smoke(script: str, timeout: int = 300) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke"], cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SMOKE RUN" in proc.stdout  # nobody mistakes its numbers for a measurement
+    return proc.stdout
+
+
+def test_trainer_benchmark_smoke():
+    """A row per configuration; its parameter count is the model's, and its GFLOP/s is
+    GFLOP per step over seconds per step."""
+    from slotsweep.config import build_config
+    from slotsweep.models import build_model
+
+    spec = importlib.util.spec_from_file_location("trainer", ROOT / "benchmarks" / "trainer.py")
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    rows = {r[0]: r for r in table(smoke("trainer.py"), "| config |")}
+    assert list(rows) == list(trainer.CONFIGS)
+    for name, (_, batch, s_step, _, gflop_step, gflop_s, _, rss, params) in rows.items():
+        cfg = build_config(trainer.CONFIGS[name])
+        model = build_model(cfg.model, cfg.loss)
+        assert float(params) == pytest.approx(
+            sum(p.numel() for p in model.parameters()) / 1e6, abs=0.006), name
+        assert batch == "2" and float(gflop_step) > 0 and float(rss) > 0
+        assert float(gflop_s) == pytest.approx(float(gflop_step) / float(s_step), rel=0.02)
+
+
+def test_metrics_benchmark_smoke():
+    """Both cases run; the script itself fails when FG-ARI differs from sklearn's."""
+    rows = table(smoke("metrics.py"), "| case |")
+    assert [r[0] for r in rows] == ["64x64 masks", "14x14 masks, upsampled"]
+    for _, ours, theirs, speedup in rows:
+        assert float(ours) > 0 and float(theirs) > 0 and speedup.endswith("x")
+
+
+def test_loader_benchmark_smoke():
+    """Every reader is timed against the raw read (the script checks each batch's shape)."""
+    rows = table(smoke("loader.py"), "| reader |")
+    assert [r[0] for r in rows] == [
+        "raw read of the shard files (bytes into memory)", "shards, 0 loader workers",
+        "shards, 1 loader workers", "shards, 2 loader workers",
+        "one .npy per image (authors' layout), 0 workers"]
+    assert rows[0][3] == "100%"
+    assert all(float(r[1].replace(",", "")) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_smoke():
+    """The sweep and its plain-process baseline both run their trials (the script asserts
+    the sweep's count), and the overhead is their ratio as printed."""
+    rows = dict(r for r in table(smoke("sweep.py", timeout=600), "| measure |"))
+    sweep = float(rows["sweep (Tune + Optuna + MLflow + checkpoints)"])
+    baseline = float(rows["baseline: 2 plain processes calling `fit`"])
+    assert sweep > 0 and baseline > 0
+    overhead = float(rows["orchestration overhead (sweep / baseline - 1)"].rstrip("%"))
+    low = 100 * ((sweep - 0.05) / (baseline + 0.05) - 1) - 0.5  # both printed to 0.1 s
+    high = 100 * ((sweep + 0.05) / (baseline - 0.05) - 1) + 0.5
+    assert low <= overhead <= high
