@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
         engine.check_data(sweep.trial_config({}))  # before Ray starts or storage is touched
         engine.check_storage(Path(args.storage or sweep.spec.storage).resolve() / sweep.name)
+        load = os.getloadavg()[0]  # other processes' work, before Ray adds its own
         try:
             started = engine.connect(args.address, num_cpus=args.num_cpus)
         except ConnectionError as exc:
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                   "authentication, export RAY_AUTH_MODE=token", file=sys.stderr)
             return 2
         engine.check_resources(sweep, started_locally=started == "local")
+        note = busy_machine_note(load, os.cpu_count() or 1, os.environ)
+        if started == "local" and note:
+            print(note, file=sys.stderr)
         result = engine.run_sweep(sweep, num_samples=args.num_samples, storage=args.storage,
                                   tracking_uri=args.tracking_uri, fresh=args.fresh,
                                   verbose=0 if args.quiet else 1)
@@ -240,6 +244,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 3
     return 0
+
+
+def busy_machine_note(load: float, cpus: int, env) -> str | None:
+    """A line for a sweep that starts its own Ray instance where other processes keep
+    half the cores or more busy (1-minute load average): Ray starts trial workers at
+    niceness 15, so they get only the CPU those processes leave. BENCHMARKS.md measured
+    428 s instead of 32 s at niceness 0 (14.3 s on the idle machine)."""
+    if "RAY_worker_niceness" in env or load < max(1.0, cpus / 2):
+        return None
+    return (f"note: other processes keep this machine busy (load {load:.1f} on {cpus} CPUs): "
+            "Ray runs trials at niceness 15, so they get only the CPU those leave; "
+            "RAY_worker_niceness=0 in the environment gives them an equal share "
+            "(README, 'On a busy machine')")
 
 
 def _disconnect_ray() -> None:
