@@ -36,14 +36,21 @@ def find() -> tuple[str, str]:
     return browser, driver
 
 
+def require_selenium() -> None:
+    """Selenium comes with the dev extra; without it, say so instead of a traceback."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        raise ChromiumError("this needs selenium: pip install -e '.[dev]'") from None
+
+
 @contextlib.contextmanager
 def headless(browser: str, driver: str) -> Iterator:
     """A Selenium WebDriver on headless Chromium with a fresh profile, quit on exit."""
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        raise ChromiumError("this needs selenium: pip install -e '.[dev]'") from None
+    require_selenium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = browser
@@ -59,6 +66,7 @@ def headless(browser: str, driver: str) -> Iterator:
 def screenshot(html: Path, png: Path, *, width: int = 1400, timeout: float = 120) -> None:
     """The whole rendered page as a PNG (for a README or an issue), once every Plotly
     plot on it has drawn."""
+    require_selenium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

@@ -494,6 +494,25 @@ def test_png_without_a_browser_says_what_to_install(tmp_path, monkeypatch):
     assert not (tmp_path / "r.png").exists()
 
 
+def test_png_without_selenium_says_what_to_install(tmp_path):
+    """Without the dev extra, --png names the extra instead of raising ImportError (a
+    fresh interpreter in which importing selenium fails, as it does where it is absent)."""
+    page = tmp_path / "r.html"
+    page.write_text("<html></html>")
+    code = ("import sys; sys.modules['selenium'] = None\n"
+            "from pathlib import Path\n"
+            "from slotsweep.chromium import ChromiumError, screenshot\n"
+            "try:\n"
+            f"    screenshot(Path({str(page)!r}), Path({str(tmp_path / 'r.png')!r}))\n"
+            "except ChromiumError as exc:\n"
+            "    print('refused:', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: this needs selenium: pip install -e '.[dev]'" in proc.stdout
+    assert not (tmp_path / "r.png").exists()
+
+
 def test_markdown_writes_tiny_loss_terms_in_e_notation():
     """A covariance term near 1e-10 (the paper's Sec. 4.3.1) must not read as 0.000."""
     from slotsweep.report import markdown
