@@ -543,6 +543,9 @@ def markdown(context: dict[str, Any]) -> str:
         for name, scores in context["baselines"].items():
             lines.append(f"| {name} | " + " | ".join(mean_pm(float(v)) for v in scores.values())
                          + " |")
+    best = context.get("best")
+    if best and best.get("against"):
+        lines += ["", f"Best trial `{best['trial']}` {best['against']}."]
     return "\n".join(lines) + "\n"
 
 

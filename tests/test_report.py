@@ -297,6 +297,9 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
         mean, half = mean_ci(values)
         assert f"| variant={variant} | {loss} | 2 | {mean:.3f} ± {half:.3f} |" in summary
     assert "| p (Welch) |" in summary
+    best = max(trials, key=lambda r: r.data.metrics["val/fg_ari"])
+    assert (f"Best trial `{best.data.tags['slotsweep.trial_id']}` against the best trivial "
+            f"baseline: FG-ARI {best.data.metrics['val/fg_ari']:.3f} vs ") in summary
     # The published difference (plain above cosine) next to this sweep's.
     means = {v: np.mean([r.data.metrics["val/fg_ari"] for r in trials
                          if r.data.params["variant"] == v]) for v in ("plain", "cosine")}
