@@ -34,7 +34,7 @@ def test_the_note_appears_when_half_the_cores_are_busy_and_niceness_is_unset():
 
 @pytest.mark.slow
 def test_ray_runs_workers_15_nicer_than_the_driver_unless_told_otherwise():
-    """What the note tells users, on the Ray version this project pins."""
+    """What the note tells users, checked on the installed Ray."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
 
     def offset(**extra: str) -> int:
