@@ -62,6 +62,21 @@ def latest(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resolve(path: str | Path) -> Path:
+    """The checkpoint that `path` names: a step-N directory itself, or the latest one in a
+    checkpoints/ directory or in a run's folder (the trainer's workdir, which holds
+    checkpoints/)."""
+    path = Path(path)
+    if (path / STATE).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        if (found := latest(root)) is not None:
+            return found
+    what = "no such directory" if not path.is_dir() else (
+        f"no checkpoint here ({_PREFIX}N/{STATE}, or checkpoints/{_PREFIX}N/{STATE})")
+    raise CheckpointError(f"{path}: {what}")
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load `path/state.pt` with `weights_only=True`: tensors and plain data only."""
     file = Path(path) / STATE

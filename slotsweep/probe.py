@@ -8,6 +8,7 @@ Reported on a held-out split: shape accuracy and R² for the rest. Seeded; norma
 statistics come from the training split only.
 
     python -m slotsweep.probe runs/dsprites_small/checkpoints/step-00020000
+    python -m slotsweep.probe runs/dsprites_small          # its latest checkpoint
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -174,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m slotsweep.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a checkpoint directory (step-NNNNNNNN/)")
+    parser.add_argument("checkpoint", help="a checkpoint directory (step-NNNNNNNN/), or a "
+                        "run's folder or its checkpoints/ (the latest checkpoint there)")
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        ckpt = Path(args.checkpoint)
+        ckpt = checkpoint.resolve(args.checkpoint)
         config = load_config(ckpt / checkpoint.CONFIG)
         model = build_model(config.model, config.loss)
         model.load_state_dict(checkpoint.load(ckpt)["model"])

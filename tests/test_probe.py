@@ -81,7 +81,15 @@ def test_probe_cli_on_a_trained_checkpoint(tiny_config, tmp_path, capsys):
     assert main([str(last), "--train-images", "64"]) == 0
     printed = capsys.readouterr().out
     assert "probe/shape_acc" in printed and "probe/x_r2" in printed
+    # A run's folder or its checkpoints/ stands for the latest checkpoint in it.
+    assert checkpoint.resolve(tmp_path) == checkpoint.resolve(tmp_path / "checkpoints") == last
+    assert main([str(tmp_path), "--train-images", "64"]) == 0
+    assert capsys.readouterr().out == printed  # seeded: the same probe, the same scores
     assert main([str(tmp_path / "absent")]) == 2
+    assert "absent: no such directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "empty: no checkpoint here" in capsys.readouterr().err
 
 
 def test_probe_as_final_trial_step_reports_its_scores(tiny_config, tmp_path):
