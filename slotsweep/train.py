@@ -247,6 +247,9 @@ def fit(
         step, elapsed = _restore(start_from, model, optimizer, device)
         if log:
             log(f"resumed from {start_from} at step {step}")
+        if step >= config.train.steps:  # nothing left to train: what it ended with
+            reported = Path(start_from) / REPORTED
+            return json.loads(reported.read_text()) if reported.is_file() else {}
     forward = torch.compile(model) if config.train.compile else model
 
     tc = config.train

@@ -178,6 +178,11 @@ def test_cli_trains_and_resumes(tiny_config, tmp_path):
     assert "step 4/4" in first.stdout and "FG-ARI" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "resumed from" in second.stdout and "step 8/8" in second.stdout
+    # A finished run trains nothing more and says what it ended with.
+    done = second.stdout.splitlines()[-1]
+    third = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert third.stdout.splitlines() == [
+        f"resumed from {tmp_path / 'run' / 'checkpoints' / 'step-00000008'} at step 8", done]
     bad = subprocess.run(cmd + ["loss.betta=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "loss.betta: unknown key" in bad.stderr
 
