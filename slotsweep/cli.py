@@ -1,25 +1,35 @@
-"""The `slotsweep` console script: `slotsweep run|train|prepare ...`."""
+"""The `slotsweep` console script: `slotsweep run|train|prepare|report|probe ...`, each
+the same as `python -m slotsweep.<command>`."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 COMMANDS = {
-    "run": ("slotsweep.run", "run or resume a sweep (python -m slotsweep.run)"),
-    "train": ("slotsweep.train", "train one model without Ray (python -m slotsweep.train)"),
+    "run": ("slotsweep.run", "run or resume a sweep"),
+    "train": ("slotsweep.train", "train one model without Ray"),
     "prepare": ("slotsweep.prepare", "write datasets as Arrow shards"),
+    "report": ("slotsweep.report", "a sweep's report: an HTML page, Markdown tables"),
+    "probe": ("slotsweep.probe", "the feature-prediction probe of a checkpoint"),
 }
+
+
+def usage() -> str:
+    lines = [f"  {name:<8} {text} (python -m {module})"
+             for name, (module, text) in COMMANDS.items()]
+    return "usage: slotsweep COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        lines = [f"  {name:<8} {help}" for name, (_, help) in COMMANDS.items()]
-        print("usage: slotsweep COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines),
-              file=sys.stderr if argv else sys.stdout)
-        return 0 if argv in ([], ["-h"], ["--help"]) else 2
-    module = __import__(COMMANDS[argv[0]][0], fromlist=["main"])
-    return module.main(argv[1:])
+    if argv in ([], ["-h"], ["--help"]):
+        print(usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"slotsweep: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
 
 
 if __name__ == "__main__":
