@@ -20,6 +20,13 @@ from slotsweep.data.shards import MANIFEST, ShardError
 from slotsweep.data.synthetic import default_workers, write_dsprites
 
 
+def _exists(path: str, what: str, *, folder: bool = False) -> None:
+    """Inputs are checked before anything slow starts (weights, a progress bar)."""
+    ok = Path(path).is_dir() if folder else Path(path).is_file()
+    if not ok:
+        raise FileNotFoundError(f"{path}: no such {'folder' if folder else 'file'} ({what})")
+
+
 def _cuda() -> bool:
     import torch
 
@@ -45,9 +52,9 @@ def _features(args: argparse.Namespace) -> None:
     from slotsweep.data.features import add_features, create_encoder
     from slotsweep.data.shards import ShardDataset
 
+    total = len(ShardDataset(args.input))  # a bad --in fails before any weights load
     encoder = create_encoder(args.encoder, weights=args.weights, block=args.block)
     out = args.out or f"{args.input.rstrip('/')}-{args.encoder.replace('/', '_')}"
-    total = len(ShardDataset(args.input))
     with tqdm(total=total, desc=f"{args.encoder} tokens", unit="img",
               dynamic_ncols=True) as bar:
         add_features(args.input, out, encoder, batch_size=args.batch_size, device=args.device,
@@ -102,6 +109,8 @@ def write_coco(images: str, annotations: str, out: str | Path, encoder, *,
 def _coco(args: argparse.Namespace) -> None:
     from slotsweep.data.features import create_encoder, finished_with
 
+    _exists(args.images, "--images (the split's JPEG files)", folder=True)
+    _exists(args.annotations, "--annotations (instances_*.json)")
     encoder = create_encoder(args.encoder, weights=args.weights, block=args.block)
     out = Path(args.out)
     if finished_with(out, encoder):  # refuses another encoder's output directory
@@ -122,6 +131,7 @@ def _multi_dsprites(args: argparse.Namespace) -> None:
     if (out / MANIFEST).is_file():
         print(f"{out}: already complete, nothing to do")
         return
+    _exists(args.tfrecord, "--tfrecord")
     with tqdm(total=args.count, desc="multi-dsprites", unit="img", dynamic_ncols=True) as bar:
         import_multi_dsprites(args.tfrecord, out, start=args.start, count=args.count,
                               rows_per_shard=args.rows_per_shard, progress=bar.update)

@@ -223,3 +223,26 @@ def test_corrupt_checkpoint(how, finished_run, tmp_path):
     check_refused(proc, r"state\.pt", str(broken))
     assert "pwned" not in proc.stdout + proc.stderr  # no code ran
     assert tree_hash(workdir) == before
+
+
+@pytest.mark.parametrize("args, words", [
+    (["coco", "--images", "{tmp}/none", "--annotations", "{tmp}/a.json"],
+     "none: no such folder (--images"),
+    (["coco", "--images", "{tmp}", "--annotations", "{tmp}/none.json"],
+     "none.json: no such file (--annotations"),
+    (["features", "--in", "{tmp}/none"], "none"),
+    (["multi-dsprites", "--tfrecord", "{tmp}/none.tfrecords"],
+     "none.tfrecords: no such file (--tfrecord)"),
+])
+def test_prepare_checks_its_inputs_before_loading_weights(args, words, tmp_path, capsys):
+    """A mistyped path fails at once, naming the path and the flag, before the default
+    pretrained encoder is fetched (a 300 MB download where there is a network; a second
+    error, about the network, where there is none, as here)."""
+    from slotsweep.prepare import main
+
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err, err
+    assert "weights" not in err and "huggingface" not in err.lower()
+    assert not (tmp_path / "out").exists()
