@@ -692,10 +692,11 @@ def check_resources(sweep: Sweep, *, started_locally: bool) -> None:
     if need.gpu > 0 and have.get("GPU", 0) == 0 and started_locally:
         raise ConfigError(
             f"{sweep.path}: resources.gpu: {need.gpu} GPU per trial, but this Ray cluster "
-            "has no GPU; set resources.gpu: 0 (and train.device: cpu) or run on a GPU cluster"
+            "has no GPU; run it on the CPUs with --gpus-per-trial 0 --set train.device=cpu "
+            "(or set resources.gpu: 0 and train.device: cpu), or on a GPU cluster"
         )
     if need.cpu > have.get("CPU", 0) and started_locally:
         raise ConfigError(
             f"{sweep.path}: resources.cpu: {need.cpu} CPUs per trial, but this Ray cluster "
-            f"has {have.get('CPU', 0):g}"
+            f"has {have.get('CPU', 0):g}; lower it (--cpus-per-trial N)"
         )
