@@ -168,6 +168,17 @@ def test_run_without_a_sweep_lists_them(tmp_path):
     assert "quickstart" in proc.stderr and "my_sweep" in proc.stderr
 
 
+@pytest.mark.parametrize("flag", ["--num-samples", "--num-cpus"])
+def test_zero_trials_or_cpus_is_refused_not_read_as_the_default(flag, capsys):
+    """`--num-samples 0` used to fall back to the sweep file's number without a word."""
+    from slotsweep.run import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["quickstart", flag, "0", "--dry-run"])
+    assert exit_.value.code == 2
+    assert f"{flag}: a whole number of at least 1, got '0'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("module, absent", [
     # `--help` and usage errors answer at once instead of after seconds of imports
     ("slotsweep.run", ("torch", "ray", "mlflow")),
