@@ -597,11 +597,14 @@ def report(sweep: Sweep, *, storage: str | None = None, tracking_uri: str | None
     if experiment is None:
         raise ConfigError(f"{sweep.name}: {uri} has no experiment "
                           f"{sweep.spec.tracking.experiment or sweep.name!r}")
+    known = [d.name for d in instance_dirs(sweep_dir)]
     if instance is None and not all_instances:
-        dirs = instance_dirs(sweep_dir)
-        instance = dirs[-1].name if dirs else None
+        instance = known[-1] if known else None
     tag = f"{sweep.name}/{instance}" if instance else None
     trials = load_trials(client, experiment.experiment_id, tag)
+    if instance and not trials and instance not in known:  # a typo, not a sweep starting
+        raise ConfigError(f"{sweep.name}: no instance {instance!r} in {sweep_dir} or {uri} "
+                          f"(instances here: {', '.join(known) or 'none'})")
     context = build_context(sweep, trials, client=client,
                             experiment_id=experiment.experiment_id, instance=tag,
                             tracking_uri=uri, with_baselines=with_baselines)
@@ -635,13 +638,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or Path("dashboards") / "reports" / f"{sweep.name}.html")
-    _write(out, render(context))
-    print(f"{out}: {count} trials of {sweep.name}")
-    if args.markdown == "-":
-        print(markdown(context), end="")
-    elif args.markdown:
-        _write(Path(args.markdown), markdown(context))
-        print(f"{args.markdown}: summary tables")
+    try:
+        _write(out, render(context))
+        print(f"{out}: {count} trials of {sweep.name}")
+        if args.markdown == "-":
+            print(markdown(context), end="")
+        elif args.markdown:
+            _write(Path(args.markdown), markdown(context))
+            print(f"{args.markdown}: summary tables")
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename or out}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     if args.png:
         from slotsweep.chromium import ChromiumError, screenshot
 

@@ -206,6 +206,26 @@ def test_mlflow_server_lists_trial_runs_with_fg_ari(swept):
         assert proc.poll() is None  # the server served it all
 
 
+@pytest.mark.slow
+def test_a_mistyped_instance_or_unwritable_output_is_an_error_not_a_page(swept):
+    """Neither writes a page: a wrong --instance used to render '0 trials' over the real
+    report, an unwritable --out ended in a traceback."""
+    tmp, path, _, _ = swept
+
+    def report_to(out, *args):
+        return subprocess.run([sys.executable, "-m", "slotsweep.report", str(path), "--out",
+                               str(out), "--no-baselines", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    proc = report_to(tmp / "typo.html", "--instance", "run-009")
+    assert proc.returncode == 2 and not (tmp / "typo.html").exists()
+    assert "no instance 'run-009'" in proc.stderr and "instances here: run-001" in proc.stderr
+    (tmp / "plain").write_text("not a folder")
+    proc = report_to(tmp / "plain" / "r.html")
+    assert proc.returncode == 2 and "error: cannot write " in proc.stderr
+    assert "plain" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_report_without_a_store_names_the_sweep_and_the_path(tmp_path, dsprites16):
     path = sweep_file(tmp_path, dsprites16)
     proc, html = make_report(tmp_path, path)
