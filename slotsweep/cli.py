@@ -3,6 +3,7 @@ the same as `python -m slotsweep.<command>`."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -13,6 +14,17 @@ COMMANDS = {
     "report": ("slotsweep.report", "a sweep's report: an HTML page, Markdown tables"),
     "probe": ("slotsweep.probe", "the feature-prediction probe of a checkpoint"),
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (trials, CPUs, scenes): a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, got {text!r}")
+    return value
 
 
 def usage() -> str:

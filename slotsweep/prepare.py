@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from slotsweep.cli import positive_int
 from slotsweep.data.shards import MANIFEST, ShardError
 from slotsweep.data.synthetic import default_workers, write_dsprites
 
@@ -144,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="dataset", required=True)
     ds = sub.add_parser("dsprites", help="built-in synthetic colored multi-dSprites")
     ds.add_argument("--out", required=True, help="output directory (gets train/ and val/)")
-    ds.add_argument("--train", type=int, default=60_000, help="training scenes")
-    ds.add_argument("--val", type=int, default=320, help="validation scenes")
+    ds.add_argument("--train", type=positive_int, default=60_000, help="training scenes")
+    ds.add_argument("--val", type=positive_int, default=320, help="validation scenes")
     ds.add_argument("--resolution", type=int, default=64)
     ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--rows-per-shard", type=int, default=4096)
+    ds.add_argument("--rows-per-shard", type=positive_int, default=4096)
     ds.add_argument("--workers", type=int, default=default_workers(),
                     help="generating processes (default: the cores, at most 8)")
     ds.set_defaults(run=_dsprites)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--weights", default="pretrained",
                     help="pretrained | random | PATH to a state dict")
     ft.add_argument("--block", type=int, default=None, help="1-based block (default: last)")
-    ft.add_argument("--batch-size", type=int, default=64)
+    ft.add_argument("--batch-size", type=positive_int, default=64)
     ft.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ft.set_defaults(run=_features)
     co = sub.add_parser("coco", help="COCO via pycocotools + frozen-ViT tokens")
@@ -170,21 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("--weights", default="pretrained",
                     help="pretrained | random | PATH to a state dict")
     co.add_argument("--block", type=int, default=None)
-    co.add_argument("--batch-size", type=int, default=64)
+    co.add_argument("--batch-size", type=positive_int, default=64)
     co.add_argument("--target-size", type=int, default=128,
                     help="image size kept for image-reconstruction runs")
     co.add_argument("--device", default="cuda" if _cuda() else "cpu")
     co.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                     help="DataLoader processes decoding JPEGs")
-    co.add_argument("--rows-per-shard", type=int, default=1024)
+    co.add_argument("--rows-per-shard", type=positive_int, default=1024)
     co.set_defaults(run=_coco)
     md = sub.add_parser("multi-dsprites", help="DeepMind's multi_dsprites TFRecord (no TF)")
     md.add_argument("--tfrecord", required=True, help="e.g. multi_dsprites_colored_on_colored"
                                                       ".tfrecords (GZIP)")
     md.add_argument("--out", required=True, help="output split directory")
     md.add_argument("--start", type=int, default=0, help="first record")
-    md.add_argument("--count", type=int, default=None, help="records (default: to the end)")
-    md.add_argument("--rows-per-shard", type=int, default=4096)
+    md.add_argument("--count", type=positive_int, default=None,
+                    help="records (default: to the end)")
+    md.add_argument("--rows-per-shard", type=positive_int, default=4096)
     md.set_defaults(run=_multi_dsprites)
     args = parser.parse_args(argv)
     try:

@@ -18,21 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from slotsweep.cli import positive_int
 from slotsweep.config import ConfigError, format_validation_error, parse_override
 from slotsweep.sweep_spec import Resources, Sweep, known_sweeps, load_sweep
 
 # Nothing above imports torch, Ray or MLflow, so `--help` and a usage error answer at once.
-
-
-def _positive(text: str) -> int:
-    """argparse type: a whole number ≥ 1 (0 trials or CPUs is never meant)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1, got {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                                             "names: " + ", ".join(known_sweeps()))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the base trial config, e.g. --set train.steps=200")
-    p.add_argument("--num-samples", type=_positive, help="total trials (raise it to extend)")
+    p.add_argument("--num-samples", type=positive_int, help="total trials (raise it to extend)")
     p.add_argument("--storage", default=os.environ.get("SLOTSWEEP_STORAGE"),
                    help="storage directory (default: $SLOTSWEEP_STORAGE, else the sweep "
                         "file's storage)")
@@ -53,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "(default: $RAY_ADDRESS, else the cluster `ray start` began "
                                      "here, else a new local instance; another sweep's "
                                      "local instance is never joined)")
-    p.add_argument("--num-cpus", type=_positive, help="CPUs of a local Ray instance")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs of a local Ray instance")
     p.add_argument("--cpus-per-trial", type=float, metavar="N",
                    help="override the sweep file's resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, metavar="N",

@@ -265,3 +265,16 @@ def test_a_sweep_no_local_node_could_run_is_refused(resources, words, tmp_path, 
     if resources["gpu"]:
         fixed = run(path, "--gpus-per-trial", "0", "--set", "train.device=cpu")
         assert fixed.returncode == 0, fixed.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args", [["dsprites", "--train", "0"], ["dsprites", "--val", "-3"],
+                                  ["multi-dsprites", "--tfrecord", "x", "--count", "0"]])
+def test_prepare_refuses_empty_splits(args, tmp_path, capsys):
+    """Zero scenes used to end in 'no batch was written, so there is no schema'."""
+    from slotsweep.prepare import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "a whole number of at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
