@@ -82,7 +82,8 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+        raise ConfigError("train.device: 'cuda', but no CUDA device is visible here; "
+                          "set train.device=cpu (or auto)")
     return torch.device(name)
 
 
@@ -350,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ShardError, checkpoint.CheckpointError, NonFiniteLossError,
             OutOfMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the workdir cannot be written (a file in the way, full, read-only)
+        where = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        print(f"error: {where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

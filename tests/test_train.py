@@ -185,6 +185,15 @@ def test_cli_trains_and_resumes(tiny_config, tmp_path):
         f"resumed from {tmp_path / 'run' / 'checkpoints' / 'step-00000008'} at step 8", done]
     bad = subprocess.run(cmd + ["loss.betta=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "loss.betta: unknown key" in bad.stderr
+    (tmp_path / "a-file").write_text("")
+    blocked = subprocess.run(cmd[:-1] + [str(tmp_path / "a-file" / "run")],
+                             capture_output=True, text=True)
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stderr
+    assert blocked.stderr.startswith(f"error: {tmp_path / 'a-file' / 'run'}")
+    if not torch.cuda.is_available():
+        gpu = subprocess.run(cmd + ["train.device=cuda"], capture_output=True, text=True)
+        assert gpu.returncode == 2 and "Traceback" not in gpu.stderr
+        assert "train.device: 'cuda', but no CUDA device is visible" in gpu.stderr
 
 
 # ---- the GPU code paths, run on the CPU (issue 9)
