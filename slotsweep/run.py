@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         from slotsweep import sweep as engine
 
         engine.check_data(sweep.trial_config({}))  # before Ray starts or storage is touched
+        from slotsweep.tracking import check_tracking_server
+
+        check_tracking_server(args.tracking_uri or sweep.spec.tracking.uri or "")
         engine.check_storage(Path(args.storage or sweep.spec.storage).resolve() / sweep.name)
         load = os.getloadavg()[0]  # other processes' work, before Ray adds its own
         try:

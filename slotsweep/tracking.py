@@ -37,6 +37,30 @@ def default_tracking_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{sweep_dir.resolve() / 'mlflow.db'}"
 
 
+def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
+    """An http(s) tracking URI must answer before a sweep starts: MLflow's client retries
+    an unreachable server for minutes and then fails deep inside the sweep. Any HTTP
+    answer (even 401 from an authenticating proxy) counts as reachable."""
+    import urllib.error
+    import urllib.request
+
+    from slotsweep.config import ConfigError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+            "(mlflow server --host 127.0.0.1 ...), fix --tracking-uri / "
+            "$MLFLOW_TRACKING_URI, or unset them for the sqlite store in the sweep's "
+            "storage") from None
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -302,3 +302,42 @@ def test_gpu_request_on_cpu_cluster_fails_before_any_trial(tmp_path, dsprites16)
     assert done.returncode == 2
     assert f"{path}: resources.gpu:" in done.stderr and "no GPU" in done.stderr
     assert not (tmp_path / "storage").exists()
+
+
+def test_sweep_tracks_to_a_real_mlflow_server_and_resumes_there(tmp_path, dsprites16):
+    """The cluster's setting (cluster.yaml: a tracking server on the head node): trials
+    reach a real `mlflow server` over HTTP, and a rerun adds no run and no step."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.browser import mlflow_server
+
+    path = sweep_file(tmp_path, dsprites16, search={"num_samples": 2, "max_concurrent": 1,
+                                                    "seed": 0})
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    with mlflow_server(backend, tmp_path / "server.log") as (url, _):
+        done = run(path, "--tracking-uri", url)
+        assert done.returncode == 0, done.stderr[-3000:]
+        again = run(path, "--tracking-uri", url)
+        assert again.returncode == 0, again.stderr[-3000:]
+        client = MlflowClient(tracking_uri=url)
+        experiment = client.get_experiment_by_name("tiny")
+        runs = client.search_runs([experiment.experiment_id])
+        trials = [r for r in runs if r.data.tags.get("slotsweep.role") == "trial"]
+        assert len(runs) == 3 and len(trials) == 2  # one parent, one run per trial
+        for r in trials:
+            assert r.info.status == "FINISHED"
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/fg_ari")]
+            assert steps == [2, 4, 6, 8]
+    assert not (tmp_path / "storage" / "tiny" / "mlflow.db").exists()  # all of it went there
+
+
+def test_an_unreachable_tracking_server_is_refused_before_ray_starts(tmp_path, dsprites16):
+    from tests.browser import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    path = sweep_file(tmp_path, dsprites16)
+    done = run(path, "--tracking-uri", url)
+    assert done.returncode == 2
+    assert f"error: cannot reach the MLflow tracking server at {url}" in done.stderr
+    assert "Started a local Ray instance" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "storage").exists()
