@@ -258,7 +258,8 @@ def busy_machine_note(load: float, cpus: int, env) -> str | None:
     if "RAY_worker_niceness" in env or load < max(1.0, cpus / 2):
         return None
     return (f"note: other processes keep this machine busy (load {load:.1f} on {cpus} CPUs): "
-            "Ray runs trials at niceness 15, so they get only the CPU those leave; "
+            "Ray runs trials at niceness 15, so unless those processes are nicer still, "
+            "trials get only the CPU they leave; "
             "RAY_worker_niceness=0 in the environment gives them an equal share "
             "(README, 'On a busy machine')")
 
