@@ -585,13 +585,14 @@ def report(sweep: Sweep, *, storage: str | None = None, tracking_uri: str | None
     from mlflow.tracking import MlflowClient
 
     from slotsweep.sweep import instance_dirs
-    from slotsweep.tracking import default_tracking_uri
+    from slotsweep.tracking import check_tracking_server, default_tracking_uri
 
     sweep_dir = Path(storage or sweep.spec.storage).resolve() / sweep.name
     uri = tracking_uri or sweep.spec.tracking.uri or default_tracking_uri(sweep_dir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"{sweep.name}: no MLflow store at {uri}; run the sweep first "
                           f"(python -m slotsweep.run {sweep.name}) or pass --tracking-uri")
+    check_tracking_server(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(sweep.spec.tracking.experiment or sweep.name)
     if experiment is None:

@@ -232,6 +232,12 @@ def test_report_without_a_store_names_the_sweep_and_the_path(tmp_path, dsprites1
     assert proc.returncode == 2
     assert "tiny" in proc.stderr and "mlflow.db" in proc.stderr and "run the sweep" in proc.stderr
     assert html == ""
+    from tests.browser import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    proc, html = make_report(tmp_path, path, "--tracking-uri", url)
+    assert proc.returncode == 2 and html == "" and "Traceback" not in proc.stderr
+    assert f"error: cannot reach the MLflow tracking server at {url}" in proc.stderr
 
 
 def _trial(trial_id: str, loss: str, beta: float, fg: float) -> TrialView:
