@@ -8,6 +8,7 @@ where `latest()` would find it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 STATE = "state.pt"
 CONFIG = "config.yaml"
+REPORTED = "reported.json"  # in an evaluation's checkpoint: the metrics reported with it
 _PREFIX = "step-"
 
 
@@ -75,6 +77,13 @@ def resolve(path: str | Path) -> Path:
     what = "no such directory" if not path.is_dir() else (
         f"no checkpoint here ({_PREFIX}N/{STATE}, or checkpoints/{_PREFIX}N/{STATE})")
     raise CheckpointError(f"{path}: {what}")
+
+
+def reported(path: str | Path) -> dict[str, Any] | None:
+    """The metrics reported with the evaluation checkpoint at `path`, or None for a
+    checkpoint that no evaluation wrote."""
+    file = Path(path) / REPORTED
+    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -249,8 +249,7 @@ def fit(
         if log:
             log(f"resumed from {start_from} at step {step}")
         if step >= config.train.steps:  # nothing left to train: what it ended with
-            reported = Path(start_from) / REPORTED
-            return json.loads(reported.read_text()) if reported.is_file() else {}
+            return checkpoint.reported(start_from) or {}
     forward = torch.compile(model) if config.train.compile else model
 
     tc = config.train
@@ -304,7 +303,7 @@ def fit(
         if is_ckpt:
             files = {"masks.png": picture} if is_eval and picture else {}
             if is_eval:  # what was reported with it, for a caller that must re-send it
-                files[REPORTED] = json.dumps(metrics, sort_keys=True).encode()
+                files[checkpoint.REPORTED] = json.dumps(metrics, sort_keys=True).encode()
             saved = checkpoint.save(
                 ckpt_root, step, _state(model, optimizer, step, elapsed, device), config_yaml,
                 files=files,
@@ -313,8 +312,6 @@ def fit(
                 report(dict(metrics), str(saved))
     return {**metrics, **last_eval}
 
-
-REPORTED = "reported.json"  # in an evaluation's checkpoint: the metrics reported with it
 
 
 def progress_line(m: dict[str, float], total: int) -> str:

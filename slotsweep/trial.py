@@ -20,7 +20,7 @@ from slotsweep import checkpoint as ckpt
 from slotsweep.config import ConfigError
 from slotsweep.data.shards import ShardError
 from slotsweep.sweep_spec import Sweep
-from slotsweep.train import REPORTED, NonFiniteLossError, OutOfMemoryError, fit
+from slotsweep.train import NonFiniteLossError, OutOfMemoryError, fit
 
 LEDGER = "ledger.jsonl"
 RESENT = "slotsweep/resent"  # a result sent again from the trial's checkpoint
@@ -62,13 +62,14 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    if local is not None and resume_from is local and (local / REPORTED).is_file():
+    resent = ckpt.reported(local) if local is not None and resume_from is local else None
+    if resent is not None:
         # Tune's record (absent, unusable or older) ends before the trial's own last
         # evaluation (the driver died before it took that report in): send it again, so
         # the step is not missing, nor the whole result when that was the trial's last
         # step (then `fit` has nothing left to do). MLflow logs a step once; Tune's log
         # may hold it twice.
-        report({**json.loads((local / REPORTED).read_text()), RESENT: 1}, str(local))
+        report({**resent, RESENT: 1}, str(local))
 
     failed = workdir / FAILED
     if failed.is_file():

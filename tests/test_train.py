@@ -17,7 +17,7 @@ from slotsweep.batches import Batches
 from slotsweep.config import TrainConfig, build_config
 from slotsweep.data.shards import ShardDataset, ShardWriter
 from slotsweep.models import build_model
-from slotsweep.train import REPORTED, NonFiniteLossError, fit, get_lr, train_step
+from slotsweep.train import NonFiniteLossError, fit, get_lr, train_step
 
 
 def crash_at(step: int):
@@ -52,7 +52,8 @@ def test_fit_reports_metrics_and_checkpoints(tiny_config, tmp_path):
     # Each evaluation's checkpoint holds what was reported with it (the sweep re-sends it
     # when Tune's record ends before that checkpoint).
     for reported, ckpt_dir in reports:
-        assert json.loads((Path(ckpt_dir) / REPORTED).read_text()) == pytest.approx(reported)
+        saved = json.loads((Path(ckpt_dir) / checkpoint.REPORTED).read_text())
+        assert saved == pytest.approx(reported)
 
 
 def test_loss_terms_of_the_bottleneck_are_reported(tiny_config, tmp_path):
