@@ -63,18 +63,19 @@ def trivial_baselines(segmentation: torch.Tensor) -> dict[str, dict[str, float]]
 METRIC_LABELS = {"fg_ari": "FG-ARI", "mbo": "mBO"}
 
 
-def against_baselines(scores: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
-    """One line that sets each metric of `scores` ("fg_ari", "mbo") beside the best
-    trivial baseline on that metric (as `trivial_baselines` gives them), and says
-    whether the masks are above it."""
+def against_baselines(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
+    """One line that sets a trial's "val/fg_ari" and "val/mbo" (its reported `metrics`)
+    beside the best trivial baseline on each (as `trivial_baselines` gives them), and
+    says whether the masks are above it."""
+    scores = {m: metrics.get(f"val/{m}", math.nan) for m in METRIC_LABELS}
     parts, above = [], []
     for metric, label in METRIC_LABELS.items():
         name = max(baselines, key=lambda n: baselines[n][metric])
-        value, level = scores.get(metric, math.nan), baselines[name][metric]
+        value, level = scores[metric], baselines[name][metric]
         parts.append(f"{label} {value:.3f} vs {level:.3f} ({name})")
         if value > level:
             above.append(label)
-    if not all(math.isfinite(scores.get(m, math.nan)) for m in METRIC_LABELS):
+    if not all(math.isfinite(v) for v in scores.values()):
         verdict = "not scored"
     elif len(above) == len(METRIC_LABELS):
         verdict = "above on both"

@@ -452,9 +452,8 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
             "metrics": {label: fmt(best.metrics.get(m)) for m, label in METRICS.items()},
             "masks": _png(best_png), "masks_path": best_path,
             "against": against_baselines(
-                {m: best.metrics.get(f"val/{m}", math.nan) for m in ("fg_ari", "mbo")},
-                {name: {m: s[f"val/{m}"] for m in ("fg_ari", "mbo")}
-                 for name, s in references.items()}) if references else None,
+                best.metrics, {name: {m: s[f"val/{m}"] for m in ("fg_ari", "mbo")}
+                               for name, s in references.items()}) if references else None,
         },
         "baselines": {name: {METRICS[m]: fmt(v) for m, v in s.items()}
                       for name, s in references.items()},

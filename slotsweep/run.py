@@ -158,9 +158,7 @@ def summary(sweep: Sweep, result, started: str) -> str:
         lines += ["", f"best trial{so_far} {best.trial_id}: "
                   f"FG-ARI {_fmt(best.metrics.get('val/fg_ari'))}"
                   f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(sweep, best)})",
-                  "  " + against_baselines(
-                      {m: best.metrics.get(f"val/{m}", math.nan) for m in ("fg_ari", "mbo")},
-                      baselines)]
+                  "  " + against_baselines(best.metrics, baselines)]
     lines += [
         "", "open it in MLflow:",
         f"  mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000",

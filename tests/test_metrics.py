@@ -296,17 +296,19 @@ def test_against_baselines_names_the_best_baseline_per_metric():
         torch.from_numpy(generate(120, seed=2, resolution=32)["segmentation"]).long())
     bar = {m: max(table, key=lambda name: table[name][m]) for m in ("fg_ari", "mbo")}
     assert bar == {"fg_ari": "blocks 2x2", "mbo": "blocks 4x4"}
-    line = against_baselines(table["blocks 2x2"], table)
+    as_reported = {f"val/{m}": v for m, v in table["blocks 2x2"].items()}
+    line = against_baselines(as_reported, table)
     assert (f"FG-ARI {table['blocks 2x2']['fg_ari']:.3f} vs "
             f"{table['blocks 2x2']['fg_ari']:.3f} (blocks 2x2)") in line
     assert f"vs {table['blocks 4x4']['mbo']:.3f} (blocks 4x4)" in line
     assert line.endswith("below on both: no better than fixed blocks")
     level = {m: table[bar[m]][m] for m in bar}
-    assert against_baselines({"fg_ari": level["fg_ari"] + 0.01, "mbo": level["mbo"] + 0.01},
-                             table).endswith("above on both")
-    assert against_baselines({"fg_ari": 0.0, "mbo": level["mbo"] + 0.01},
+    assert against_baselines({"val/fg_ari": level["fg_ari"] + 0.01,
+                              "val/mbo": level["mbo"] + 0.01}, table).endswith("above on both")
+    assert against_baselines({"val/fg_ari": 0.0, "val/mbo": level["mbo"] + 0.01},
                              table).endswith("above on mBO only")
-    assert against_baselines({"fg_ari": math.nan, "mbo": 0.9}, table).endswith("not scored")
+    assert against_baselines({"val/fg_ari": math.nan, "val/mbo": 0.9},
+                             table).endswith("not scored")
 
 
 def test_flat_reconstruction_is_the_best_constant_per_image():
