@@ -43,7 +43,7 @@ from slotsweep.data.synthetic import ensure_synthetic
 from slotsweep.metrics import object_metrics
 from slotsweep.models import build_model
 from slotsweep.pictures import palette
-from slotsweep.train import fit, progress_line
+from slotsweep.train import fit, pick_device, progress_line
 
 
 def read_curve(path: Path) -> list[dict]:
@@ -139,6 +139,32 @@ def shared_sprites(masks: torch.Tensor, slots: torch.Tensor, seg: torch.Tensor,
 
 
 @torch.no_grad()
+def predictions(config, checkpoint_dir: Path, device: torch.device | None = None):
+    """The checkpoint's outputs on the validation images, a batch at a time: yields
+    (batch, model outputs, segmentation), all on the CPU."""
+    device = device or torch.device("cpu")
+    model = build_model(config.model, config.loss).to(device)
+    model.load_state_dict(checkpoint.load(checkpoint_dir)["model"])
+    model.eval()
+    val = Batches.open(config.data.val, config.model, eval=True)
+    for batch in val.eval_batches(config.eval.batch_size, config.eval.max_images):
+        inputs, _, seg = to_model_inputs(batch, config.model, device)
+        out = model(inputs)
+        yield batch, {k: out[k].float().cpu() for k in ("masks", "slots")}, seg.cpu()
+
+
+def lone_sprites(config, checkpoint_dir: Path, device: torch.device) -> dict[str, int]:
+    """How many one-object validation images keep their sprite in one slot (FG-ARI 1
+    there; a split scores 0), for the curve: `lone/images`, `lone/whole`."""
+    masks, seg = [], []
+    for _, out, labels in predictions(config, checkpoint_dir, device):
+        masks.append(F.interpolate(out["masks"], size=labels.shape[-2:], mode="bilinear"))
+        seg.append(labels)
+    lone = stray_pixels(torch.cat(masks), torch.cat(seg))
+    return {"lone/images": lone["images"], "lone/whole": lone["images"] - lone["split"]}
+
+
+@torch.no_grad()
 def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
                     ) -> tuple[list[tuple[int, int, dict[str, float]]], dict[str, float],
                                dict[str, float], dict]:
@@ -146,16 +172,10 @@ def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
     `stray_pixels` of the one-object images, `shared_sprites`, and `margins` over the
     best trivial baselines; with `picture`, also writes the first 8 validation images'
     masks next to the blocks'."""
-    model = build_model(config.model, config.loss)
-    model.load_state_dict(checkpoint.load(checkpoint_dir)["model"])
-    model.eval()
-    val = Batches.open(config.data.val, config.model, eval=True)
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("n", "ari", "mbo", "bari", "bmbo")}
     all_masks, all_seg, all_slots = [], [], []
-    for batch in val.eval_batches(config.eval.batch_size, config.eval.max_images):
-        inputs, _, seg = to_model_inputs(batch, config.model, torch.device("cpu"))
-        out = model(inputs)
-        masks = out["masks"].float()
+    for batch, out, seg in predictions(config, checkpoint_dir):
+        masks = out["masks"]
         all_slots.append(out["slots"])
         blocks = block_masks(2, *seg.shape[-2:]).expand(seg.shape[0], -1, -1, -1)
         if picture is not None and not rows["n"] and "image" in batch:
@@ -198,7 +218,11 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     curve_file = workdir / "curve.jsonl"
 
+    device = pick_device(config.train.device)
+
     def record(metrics: dict, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is not None:  # the lone sprites decide FG-ARI against the blocks
+            metrics = {**metrics, **lone_sprites(config, Path(checkpoint_dir), device)}
         with curve_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
 
@@ -218,11 +242,14 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; "
           f"{seg.shape[0]} validation images at {seg.shape[-1]}px\n")
-    print("| step | train minutes (wall) | FG-ARI | mBO | train loss | val recon |")
-    print("|---|---|---|---|---|---|")
+    print("| step | train minutes (wall) | FG-ARI | mBO | train loss | val recon "
+          "| lone sprites whole |")
+    print("|---|---|---|---|---|---|---|")
     for r in read_curve(curve_file):
+        lone = f"{r['lone/whole']} of {r['lone/images']}" if "lone/whole" in r else "–"
         print(f"| {r['step']} | {r['time/elapsed_s'] / 60:.1f} | {r['val/fg_ari']:.3f} | "
-              f"{r['val/mbo']:.3f} | {r['train/loss']:.4g} | {r['val/recon']:.4g} |")
+              f"{r['val/mbo']:.3f} | {r['train/loss']:.4g} | {r['val/recon']:.4g} "
+              f"| {lone} |")
     print("\n| trivial baseline | FG-ARI | mBO |\n|---|---|---|")
     for name, s in trivial_baselines(seg).items():
         print(f"| {name} | {s['fg_ari']:.3f} | {s['mbo']:.3f} |")

@@ -93,6 +93,14 @@ def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
         low, high = (float(x) for x in ci.split(" to "))
         assert low <= float(mean) <= high
 
+    # Each evaluation's row counts the lone sprites its checkpoint keeps whole; the last
+    # one's count is the breakdown's (same checkpoint, same images).
+    assert [r[6] for r in rows] == [f"{c['lone/whole']} of {c['lone/images']}" for c in curve]
+    ones = {int(r[0]): int(r[1]) for r in by_objects}.get(1, 0)
+    split = re.search(r"one-object images: (\d+) of (\d+) split", out)
+    assert curve[-1]["lone/images"] == ones > 0  # the 16 scenes hold lone sprites
+    assert curve[-1]["lone/whole"] == ones - (int(split[1]) if split else 0)
+
     shared = re.search(r"sprites held by two or more slots .*: (\d+) of (\d+);", out)
     assert shared and int(shared[1]) <= int(shared[2]) and int(shared[2]) >= sum(counts)
 
