@@ -275,12 +275,10 @@ def _disconnect_ray() -> None:
 
 def _storage_message(exc: BaseException) -> str | None:
     """One paragraph for a full / read-only storage (Tune may wrap our StorageFault)."""
-    from slotsweep.sweep import StorageFault, storage_fault
+    from slotsweep.sweep import StorageFault, cause_chain, storage_fault
 
-    fault, seen = exc, 0
-    while fault is not None and not isinstance(fault, StorageFault) and seen < 10:
-        fault, seen = fault.__cause__ or fault.__context__, seen + 1
-    if isinstance(fault, StorageFault):
+    fault = next((e for e in cause_chain(exc) if isinstance(e, StorageFault)), None)
+    if fault is not None:
         first = str(fault)
     elif (sign := storage_fault(exc)) is not None:
         first = f"the sweep storage {sign}"

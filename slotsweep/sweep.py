@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,19 +208,31 @@ class StorageFault(RuntimeError):
     """The sweep's storage cannot be written: the sweep stops, what is there is kept."""
 
 
+def cause_chain(error: BaseException | None, limit: int = 10) -> Iterator[BaseException]:
+    """`error`, then what caused it (`__cause__`, else `__context__`), at most `limit`:
+    Tune and Ray wrap the exceptions raised in callbacks and trials."""
+    for _ in range(limit):
+        if error is None:
+            return
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def storage_fault(error: BaseException | str | None) -> str | None:
     """The storage sign in an error (or its cause chain, or a trial's error text)."""
-    seen = 0
-    while error is not None and seen < 10:
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        sign = next((f"is {what}: {s}" for s, what in STORAGE_SIGNS.items() if s in text),
+
+    def sign_in(text: str) -> str | None:
+        return next((f"is {what}: {s}" for s, what in STORAGE_SIGNS.items() if s in text),
                     None)
-        if sign or isinstance(error, str):
+
+    if isinstance(error, str):
+        return sign_in(error)
+    for cause in cause_chain(error):
+        if sign := sign_in(f"{type(cause).__name__}: {cause}"):
             return sign
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EROFS,
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EROFS,
                                                           errno.EDQUOT):
-            return f"is unwritable: {os.strerror(error.errno)}"
-        error, seen = error.__cause__ or error.__context__, seen + 1
+            return f"is unwritable: {os.strerror(cause.errno)}"
     return None
 
 

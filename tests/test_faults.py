@@ -259,6 +259,41 @@ def state_is_readable(storage: Path) -> None:
         assert checkpoint.load(path)["step"] > 0
 
 
+def test_storage_faults_are_recognised_through_the_wrappers():
+    """Tune and Ray wrap what a callback or trial raised: the storage sign is found
+    down the cause chain, in a trial's error text, or from the errno; other errors,
+    and a chain too long to walk, are not taken for storage faults."""
+    import errno
+
+    from slotsweep.run import _storage_message
+    from slotsweep.sweep import StorageFault, storage_fault
+
+    def wrapped(inner: BaseException, depth: int) -> BaseException:
+        error = inner
+        for i in range(depth):
+            try:
+                raise RuntimeError(f"wrapper {i}") from error
+            except RuntimeError as e:
+                error = e
+        return error
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert storage_fault(wrapped(full, 3)) == "is full: No space left on device"
+    assert storage_fault(wrapped(OSError(errno.EROFS, "x"), 2)) == (
+        "is unwritable: " + os.strerror(errno.EROFS))
+    assert storage_fault("sqlite3.OperationalError: database or disk is full") == (
+        "is full: database or disk is full")
+    assert storage_fault(wrapped(ValueError("bad config"), 3)) is None
+    assert storage_fault(wrapped(full, 12)) is None  # beyond the 10 causes walked
+    assert storage_fault(None) is None
+
+    message = _storage_message(wrapped(StorageFault("/runs: the sweep storage is full"), 2))
+    assert message.startswith("/runs: the sweep storage is full. The sweep stopped;")
+    assert _storage_message(wrapped(full, 1)).startswith(
+        "the sweep storage is full: No space left on device. The sweep stopped;")
+    assert _storage_message(ValueError("bad config")) is None
+
+
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_storage_fault_stops_the_sweep_and_the_next_run_resumes(tmp_path, dsprites16, fault):
     with storage_mount(tmp_path, 96) as (disk, mnt):
