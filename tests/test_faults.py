@@ -4,6 +4,7 @@ worker process killed, trials that fail (exception, NaN loss), a trial out of me
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import resource
@@ -263,8 +264,6 @@ def test_storage_faults_are_recognised_through_the_wrappers():
     """Tune and Ray wrap what a callback or trial raised: the storage sign is found
     down the cause chain, in a trial's error text, or from the errno; other errors,
     and a chain too long to walk, are not taken for storage faults."""
-    import errno
-
     from slotsweep.run import _storage_message
     from slotsweep.sweep import StorageFault, storage_fault
 
