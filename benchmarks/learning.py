@@ -6,9 +6,9 @@ prints its evaluation curve next to trivial baselines on the same validation ima
 colour or token everywhere: the plateau a model sits on until slots model objects),
 then the latest checkpoint's scores by the number of objects in the image next to the
 2x2 blocks', the margins over the best baselines, and how sprites are split (stray
-pixels; slots that share a sprite). Rerunning resumes from
-the checkpoint, so a long run can span several sittings; the curve is kept in
-`<workdir>/curve.jsonl`.
+pixels; slots that share a sprite). Rerunning resumes from the checkpoint, so a long
+run can span several sittings; the curve is kept in `<workdir>/curve.jsonl`, each
+evaluation with the number of one-object scenes whose sprite stays in one slot.
 
 FG-ARI is all-or-nothing on a one-object image (ground truth is one cluster, so any
 split of its pixels scores 0, whatever the split), which is why the breakdown matters:
