@@ -236,6 +236,25 @@ def storage_fault(error: BaseException | str | None) -> str | None:
     return None
 
 
+def _probe_write(directory: Path) -> None:
+    """Write, sync and remove one byte in `directory`; raises the OSError if it fails."""
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".slotsweep-probe-") as f:
+        f.write(b"x")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why `directory` cannot be written now ("is read-only: ...", "is full: ..."), or
+    None. For errors whose text does not say: SQLite reports a storage remounted
+    read-only, or one that filled up, as "disk I/O error"."""
+    try:
+        _probe_write(directory)
+    except OSError as exc:
+        return storage_fault(exc) or f"cannot be written: {exc.strerror}"
+    return None
+
+
 def check_storage(path: Path, min_free_mb: int = MIN_FREE_MB) -> None:
     """Fail before anything runs when `path` (or its nearest existing parent) cannot be
     written or has less than `min_free_mb` MB free. Leaves nothing behind."""
@@ -243,10 +262,7 @@ def check_storage(path: Path, min_free_mb: int = MIN_FREE_MB) -> None:
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     try:
-        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".slotsweep-probe-") as f:
-            f.write(b"x")
-            f.flush()
-            os.fsync(f.fileno())
+        _probe_write(probe_dir)
     except OSError as exc:
         raise StorageFault(f"{probe_dir}: the sweep storage cannot be written "
                            f"({exc.strerror}); make it writable or pass --storage") from None
@@ -268,7 +284,7 @@ def _stop_on_storage_faults(method):
         except StorageFault:
             raise
         except Exception as exc:
-            sign = storage_fault(exc)
+            sign = storage_fault(exc) or unwritable(self.ledger.parent)
             if sign is None:
                 raise
             raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign}"
@@ -354,7 +370,7 @@ class TrackingCallback(Callback):
         if self._replay(trial):
             return
         error = _error_line(trial)
-        sign = storage_fault(error)
+        sign = storage_fault(error) or unwritable(self.ledger.parent)
         if sign is not None:  # not the trial's fault: stop, and resume it next time
             raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign} "
                                f"(trial {trial.trial_id} could not write its checkpoint)")

@@ -260,12 +260,12 @@ def state_is_readable(storage: Path) -> None:
         assert checkpoint.load(path)["step"] > 0
 
 
-def test_storage_faults_are_recognised_through_the_wrappers():
+def test_storage_faults_are_recognised_through_the_wrappers(tmp_path):
     """Tune and Ray wrap what a callback or trial raised: the storage sign is found
     down the cause chain, in a trial's error text, or from the errno; other errors,
     and a chain too long to walk, are not taken for storage faults."""
     from slotsweep.run import _storage_message
-    from slotsweep.sweep import StorageFault, storage_fault
+    from slotsweep.sweep import StorageFault, storage_fault, unwritable
 
     def wrapped(inner: BaseException, depth: int) -> BaseException:
         error = inner
@@ -291,6 +291,11 @@ def test_storage_faults_are_recognised_through_the_wrappers():
     assert _storage_message(wrapped(full, 1)).startswith(
         "the sweep storage is full: No space left on device. The sweep stopped;")
     assert _storage_message(ValueError("bad config")) is None
+
+    # Where the text does not say (SQLite's "disk I/O error" on a storage remounted
+    # read-only), the storage itself is probed; the read-only case is in the sweep below.
+    assert unwritable(tmp_path) is None and list(tmp_path.iterdir()) == []
+    assert unwritable(tmp_path / "gone") == "cannot be written: No such file or directory"
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
