@@ -284,7 +284,7 @@ def _stop_on_storage_faults(method):
         except StorageFault:
             raise
         except Exception as exc:
-            sign = storage_fault(exc) or unwritable(self.ledger.parent)
+            sign = self.storage_sign(exc)
             if sign is None:
                 raise
             raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign}"
@@ -315,6 +315,11 @@ class TrackingCallback(Callback):
             trial.trial_id, name=name, params=params, config_yaml=config.to_yaml(),
             tags={"dataset_manifest": self.dataset_id},
         )
+
+    def storage_sign(self, error: BaseException | str | None) -> str | None:
+        """Why the sweep's storage failed, if it did: the sign in the error, else what a
+        probe write into this instance's folder says (for errors that do not name it)."""
+        return storage_fault(error) or unwritable(self.ledger.parent)
 
     def _replay(self, trial) -> bool:
         return ended_before(self.ledger, trial.trial_id, trial.config) is not None
@@ -370,7 +375,7 @@ class TrackingCallback(Callback):
         if self._replay(trial):
             return
         error = _error_line(trial)
-        sign = storage_fault(error) or unwritable(self.ledger.parent)
+        sign = self.storage_sign(error)
         if sign is not None:  # not the trial's fault: stop, and resume it next time
             raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign} "
                                f"(trial {trial.trial_id} could not write its checkpoint)")
