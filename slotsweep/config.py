@@ -60,21 +60,28 @@ class ModelConfig(_Section):
     """The slot model (Locatello et al. 2020; DINOSAUR, Seitzer et al. 2022)."""
 
     encoder: Literal["cnn", "features"] = "cnn"
-    decoder: Literal["broadcast_cnn", "broadcast_mlp_upsample", "mlp_patch"] = "broadcast_cnn"
+    decoder: Literal[
+        "broadcast_cnn", "broadcast_tconv", "broadcast_mlp_upsample", "mlp_patch"
+    ] = "broadcast_cnn"
     resolution: PositiveInt = 64
     num_slots: PositiveInt = 5
     num_iterations: PositiveInt = 3
     slot_size: PositiveInt = 64
     mlp_hidden_size: PositiveInt = 128
-    # gaussian: slots ~ N(mu, sigma) with learned mu, sigma (Locatello et al.).
+    # gaussian: slots ~ N(mu, sigma) with learned mu, sigma, both xavier-uniform at the
+    #   start (Locatello et al.; google-research's code): |mu| ~ 0.12, sigma 0.8-1.2.
+    # authors: the same Gaussian started as the paper authors' code does: mu ~ N(0, 1),
+    #   log sigma ~ U[0, 1) (sigma 1.0-2.7).
     # queries: one learned initial vector per slot (BO-QSA, Jia et al. 2023); off-paper.
-    slot_init: Literal["gaussian", "queries"] = "gaussian"
+    slot_init: Literal["gaussian", "authors", "queries"] = "gaussian"
     # Implicit differentiation (Chang et al. 2022): back-propagate through the last
     # iteration only, treating the earlier ones as a fixed-point solver; off-paper.
     implicit_grad: bool = False
-    # Evaluation uses fixed noise (seeded) so FG-ARI is deterministic; "mean" starts every
-    # slot at mu, which for a shared Gaussian makes all slots identical forever.
-    eval_slot_init: Literal["seeded", "mean"] = "seeded"
+    # Evaluation noise is seeded so FG-ARI is deterministic. seeded: one draw shared by
+    # every image; fresh: a draw per image, the sequence restarting at every evaluation
+    # (the authors draw per image, unseeded); mean: every slot starts at mu (for queries;
+    # with a shared Gaussian all slots would stay identical).
+    eval_slot_init: Literal["seeded", "fresh", "mean"] = "seeded"
     eval_seed: NonNegInt = 0
     epsilon: PositiveFloat = 1e-8
     norm_eps: PositiveFloat = 1e-3
@@ -84,8 +91,13 @@ class ModelConfig(_Section):
     # Precomputed ViT tokens (DINOSAUR): T tokens of feature_dim.
     feature_dim: PositiveInt = 768
     num_patches: PositiveInt = 196
-    # Decoders.
-    decoder_channels: PositiveInt = 32
+    # Decoders. broadcast_cnn: full-resolution spatial broadcast, decoder_layers k×k
+    #   convolutions + a 3×3 output (google-research's multi-dSprites decoder has 4 at 32).
+    # broadcast_tconv: the same with transposed convolutions and PyTorch's default init,
+    #   as the paper authors' code builds it (3 layers of 5×5 at the slot size).
+    # broadcast_mlp_upsample: the paper's COCO image decoder; mlp_patch: DINOSAUR's.
+    # decoder_channels null = the slot size (the authors' width).
+    decoder_channels: PositiveInt | None = 32
     decoder_kernel: PositiveInt = 5
     decoder_layers: PositiveInt = 4
     broadcast_size: PositiveInt = 8
@@ -104,10 +116,15 @@ class ModelConfig(_Section):
                     f"resolution: {self.resolution} must be broadcast_size "
                     f"({self.broadcast_size}) times a power of two"
                 )
-        if self.slot_init == "gaussian" and self.eval_slot_init == "mean" and self.num_slots > 1:
+        if self.slot_init != "queries" and self.eval_slot_init == "mean" and self.num_slots > 1:
             raise ValueError(
-                "eval_slot_init: 'mean' gives identical slots with slot_init 'gaussian'; "
-                "use 'seeded'"
+                f"eval_slot_init: 'mean' gives identical slots with slot_init "
+                f"'{self.slot_init}'; use 'seeded' or 'fresh'"
+            )
+        if self.slot_init == "queries" and self.eval_slot_init == "fresh":
+            raise ValueError(
+                "eval_slot_init: 'fresh' draws noise, and slot_init 'queries' has none; "
+                "use 'mean'"
             )
         grid = round(self.num_patches**0.5)
         if self.encoder == "features" and grid * grid != self.num_patches:
@@ -115,6 +132,11 @@ class ModelConfig(_Section):
         if self.encoder_kernel % 2 == 0 or self.decoder_kernel % 2 == 0:
             raise ValueError("encoder_kernel/decoder_kernel: must be odd")
         return self
+
+    @property
+    def decoder_width(self) -> int:
+        """The decoder's channels: `decoder_channels`, or the slot size when null."""
+        return self.decoder_channels or self.slot_size
 
     @property
     def target(self) -> str:

@@ -34,6 +34,10 @@ VARIANTS = {
     "queries_implicit_grad": (
         {"encoder": "cnn", "decoder": "broadcast_cnn", "resolution": 16,
          "slot_init": "queries", "implicit_grad": True, "eval_slot_init": "mean"}, {}),
+    "authors_tconv_fresh": (
+        {"encoder": "cnn", "decoder": "broadcast_tconv", "resolution": 16,
+         "decoder_channels": None, "decoder_layers": 3, "slot_init": "authors",
+         "eval_slot_init": "fresh"}, {}),
     "cosine": (
         {"encoder": "cnn", "decoder": "broadcast_cnn", "resolution": 16},
         {"type": "cosine", "beta": 0.01, "cosine_reduction": "mean"}),
@@ -140,6 +144,27 @@ def test_eval_slot_init_is_deterministic_and_training_is_not():
     assert not torch.equal(sa(inputs)[0], sa(inputs)[0])
     other = _slot_attention(eval_seed=4).eval()
     assert not torch.equal(other(inputs)[0], a)
+
+
+def test_eval_fresh_init_draws_per_image_and_restarts_at_every_evaluation():
+    """The authors draw new slot noise for every image; `fresh` does too, seeded: each
+    pass in eval mode over the same images in the same order gets the same draws."""
+    sa = _slot_attention(eval_slot_init="fresh", eval_seed=3)
+    cpu = torch.device("cpu")
+
+    def one_pass(batch_sizes):
+        sa.eval()
+        return torch.cat([sa.initial_slots(n, cpu, torch.float32) for n in batch_sizes])
+
+    first = one_pass([4, 4])
+    assert not torch.allclose(first[0], first[1])  # per image, unlike `seeded`
+    assert torch.equal(one_pass([4, 4]), first)  # the sequence restarts
+    assert torch.equal(one_pass([3, 5]), first)  # and does not depend on the batch size
+    assert not torch.equal(one_pass([1]), first[4:5])  # it depends on the position
+    sa.train()
+    assert not torch.equal(sa.initial_slots(8, cpu, torch.float32), first)
+    other = _slot_attention(eval_slot_init="fresh", eval_seed=4).eval()
+    assert not torch.equal(other.initial_slots(8, cpu, torch.float32), first)
 
 
 def test_eval_mean_init_starts_every_slot_at_mu():

@@ -35,16 +35,16 @@ def build_model(model: ModelConfig, loss: LossConfig) -> SlotAutoencoder:
     )
 
     mask_grid = None
-    if model.decoder == "broadcast_cnn":
+    if model.decoder in ("broadcast_cnn", "broadcast_tconv"):
         decoder = BroadcastCNNDecoder(
             slot_size=model.slot_size, resolution=model.resolution,
-            channels=model.decoder_channels, kernel=model.decoder_kernel,
-            layers=model.decoder_layers,
+            channels=model.decoder_width, kernel=model.decoder_kernel,
+            layers=model.decoder_layers, transposed=model.decoder == "broadcast_tconv",
         )
     elif model.decoder == "broadcast_mlp_upsample":
         decoder = BroadcastMLPUpsampleDecoder(
             slot_size=model.slot_size, resolution=model.resolution,
-            broadcast_size=model.broadcast_size, channels=model.decoder_channels,
+            broadcast_size=model.broadcast_size, channels=model.decoder_width,
             kernel=model.decoder_kernel,
         )
     else:

@@ -30,21 +30,30 @@ class _BroadcastBase(nn.Module):
 
 
 class BroadcastCNNDecoder(_BroadcastBase):
-    """Broadcast to full resolution, then convolutions (Slot Attention on multi-dSprites)."""
+    """Broadcast to full resolution, then `layers` stride-1 k×k convolutions with ReLU and
+    a 3×3 one to RGB + alpha logit (Slot Attention on multi-dSprites).
+
+    `transposed=True` builds the authors' multi-dSprites decoder (PAPER.md): the same
+    layout with `ConvTranspose2d` layers (at stride 1 and padding k//2 the same function
+    class as a convolution with the kernel flipped), kept for PyTorch's default init:
+    a transposed convolution's fan-in counts its *output* channels, so its first weights
+    are larger than a `Conv2d`'s of the same shape (4× for the 64→4 output layer).
+    """
 
     def __init__(
         self, *, slot_size: int, resolution: int, channels: int = 32, kernel: int = 5,
-        layers: int = 4,
+        layers: int = 4, transposed: bool = False,
     ) -> None:
         super().__init__()
         self.resolution = resolution
         self.pos = SoftPositionEmbed(slot_size, resolution, resolution)
+        conv = nn.ConvTranspose2d if transposed else nn.Conv2d
         convs: list[nn.Module] = []
         in_ch = slot_size
         for _ in range(layers):
-            convs += [nn.Conv2d(in_ch, channels, kernel, padding=kernel // 2), nn.ReLU(True)]
+            convs += [conv(in_ch, channels, kernel, padding=kernel // 2), nn.ReLU(True)]
             in_ch = channels
-        convs.append(nn.Conv2d(channels, 4, 3, padding=1))  # RGB + alpha logit
+        convs.append(conv(channels, 4, 3, padding=1))  # RGB + alpha logit
         self.net = nn.Sequential(*convs)
 
     def forward(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,8 +11,15 @@ class SlotAttention(nn.Module):
 
     Attention is normalised with a softmax over *slots* (the competition), then
     renormalised over *inputs* so each update is a weighted mean (paper Eq. 1-2).
-    Slots start from a learned Gaussian; at evaluation a fixed seeded draw (or the
-    mean, for callers that opt in) makes the result deterministic.
+    Slots start from a learned Gaussian. At evaluation the draw is seeded, so a
+    checkpoint always gets the same score: `seeded` gives every image the same draw,
+    `fresh` a different draw per image (the authors' code draws anew for every image;
+    here the sequence restarts from `eval_seed` each time the module enters eval mode),
+    `mean` starts every slot at mu (for learned queries).
+
+    `slot_init` names how mu and log sigma start: `gaussian` uses xavier-uniform for
+    both (google-research's Slot Attention), `authors` mu ~ N(0, 1) and log sigma ~
+    U[0, 1) (the paper authors' PyTorch code), `queries` one learned vector per slot.
     """
 
     def __init__(
@@ -59,12 +66,24 @@ class SlotAttention(nn.Module):
         else:
             self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_size))
             self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_size))
-            nn.init.xavier_uniform_(self.slots_mu)
-            nn.init.xavier_uniform_(self.slots_log_sigma)
+            if slot_init == "authors":  # sigma = exp(log sigma) in [1, e)
+                nn.init.normal_(self.slots_mu)
+                nn.init.uniform_(self.slots_log_sigma, 0.0, 1.0)
+            else:
+                nn.init.xavier_uniform_(self.slots_mu)
+                nn.init.xavier_uniform_(self.slots_log_sigma)
+        self._eval_noise = torch.Generator().manual_seed(eval_seed)
+
+    def train(self, mode: bool = True) -> SlotAttention:
+        """Entering eval mode restarts the `fresh` noise sequence: every evaluation pass
+        over the same images draws the same noise."""
+        if not mode:
+            self._eval_noise.manual_seed(self.eval_seed)
+        return super().train(mode)
 
     def initial_slots(self, batch_size: int, device: torch.device, dtype: torch.dtype):
-        """Training: a fresh draw. Eval: the same draw for every image and every call.
-        Learned queries are deterministic in both modes."""
+        """Training: a fresh draw. Eval: seeded (see the class docstring). Learned queries
+        are deterministic in both modes."""
         shape = (batch_size, self.num_slots, self.slot_size)
         if self.slot_init == "queries":
             return self.slots_mu.expand(shape).to(dtype)
@@ -73,6 +92,10 @@ class SlotAttention(nn.Module):
             noise = torch.randn(shape, device=device, dtype=dtype)
         elif self.eval_slot_init == "mean":
             noise = torch.zeros(shape, device=device, dtype=dtype)
+        elif self.eval_slot_init == "fresh":
+            # One draw per image, so an image's noise does not depend on the batch size.
+            draws = [torch.randn(shape[1:], generator=self._eval_noise) for _ in range(batch_size)]
+            noise = torch.stack(draws).to(device, dtype)
         else:
             gen = torch.Generator().manual_seed(self.eval_seed)
             noise = torch.randn((1, *shape[1:]), generator=gen).to(device, dtype)
