@@ -32,8 +32,12 @@ SLOT_ATTENTION = {  # Locatello et al. 2020, the reference hyperparameters
     "train.warmup_steps": 10_000, "train.decay_rate": 0.5, "train.decay_steps": 100_000,
     "model.num_iterations": 3,
 }
-DSPRITES = {**SLOT_ATTENTION, "model.encoder": "cnn", "model.decoder": "broadcast_cnn",
-            "model.num_slots": 5, "model.slot_size": 64, "model.resolution": 64,
+DSPRITES = {**SLOT_ATTENTION, "model.encoder": "cnn", "model.num_slots": 5,
+            "model.slot_size": 64, "model.resolution": 64,
+            # the authors' model (tests/test_authors_model.py checks it layer by layer)
+            "model.decoder": "broadcast_tconv", "model.decoder_channels": None,
+            "model.decoder_layers": 3, "model.decoder_kernel": 5,
+            "model.slot_init": "authors", "model.eval_slot_init": "fresh",
             "data.synthetic_train": 60_000, "data.synthetic_val": 320}
 COVLOSS_HEAD = {"loss.type": "covloss", "loss.beta": 1.0, "loss.proj_depth": 2,
                 "loss.proj_dim": 1024, "loss.proj_norm": "layernorm", "loss.cov_normalize": "p2"}
@@ -93,7 +97,7 @@ def smoke_overrides(config: TrialConfig, shards: Path) -> dict[str, Any]:
         out.update({"model.resolution": 16, "model.encoder_channels": 8})
     else:
         out.update({"model.feature_dim": SMOKE_FEATURE_DIM, "model.num_patches": SMOKE_TOKENS})
-    if m.decoder == "broadcast_cnn":
+    if m.decoder in ("broadcast_cnn", "broadcast_tconv"):
         out.update({"model.decoder_channels": 8, "model.decoder_layers": 2})
     elif m.decoder == "broadcast_mlp_upsample":  # broadcast 4x4, one upsampling to 16x16
         out.update({"model.resolution": 16, "model.broadcast_size": 4,
