@@ -139,17 +139,24 @@ def shared_sprites(masks: torch.Tensor, slots: torch.Tensor, seg: torch.Tensor,
 
 
 @torch.no_grad()
-def predictions(config, checkpoint_dir: Path, device: torch.device | None = None):
-    """The checkpoint's outputs on the validation images, a batch at a time: yields
-    (batch, model outputs, segmentation), all on the CPU."""
+def predictions(config, checkpoint_dir: Path, device: torch.device | None = None,
+                edit=None):
+    """The checkpoint's outputs on the validation images, a batch at a time, in the
+    config's `train.precision` as the trainer evaluates: yields (batch, model outputs,
+    segmentation), all on the CPU. `edit(model)`, if given, changes the loaded model
+    before it runs (an evaluation-only experiment)."""
     device = device or torch.device("cpu")
     model = build_model(config.model, config.loss).to(device)
     model.load_state_dict(checkpoint.load(checkpoint_dir)["model"])
+    if edit is not None:
+        edit(model)
     model.eval()
     val = Batches.open(config.data.val, config.model, eval=True)
+    bf16 = config.train.precision == "bf16"
     for batch in val.eval_batches(config.eval.batch_size, config.eval.max_images):
         inputs, _, seg = to_model_inputs(batch, config.model, device)
-        out = model(inputs)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            out = model(inputs)
         yield batch, {k: out[k].float().cpu() for k in ("masks", "slots")}, seg.cpu()
 
 
@@ -165,7 +172,7 @@ def lone_sprites(config, checkpoint_dir: Path, device: torch.device) -> dict[str
 
 
 @torch.no_grad()
-def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
+def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None, edit=None,
                     ) -> tuple[list[tuple[int, int, dict[str, float]]], dict[str, float],
                                dict[str, float], dict]:
     """Per number of objects: (count, images, mean scores of the model and of 2x2 blocks),
@@ -174,7 +181,7 @@ def by_object_count(config, checkpoint_dir: Path, picture: Path | None = None,
     masks next to the blocks'."""
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("n", "ari", "mbo", "bari", "bmbo")}
     all_masks, all_seg, all_slots = [], [], []
-    for batch, out, seg in predictions(config, checkpoint_dir):
+    for batch, out, seg in predictions(config, checkpoint_dir, edit=edit):
         masks = out["masks"]
         all_slots.append(out["slots"])
         blocks = block_masks(2, *seg.shape[-2:]).expand(seg.shape[0], -1, -1, -1)

@@ -227,3 +227,25 @@ def test_parallel_generation_writes_the_same_shards(tmp_path, monkeypatch):
             pa.ipc.open_file(pa.memory_map(str(f))).read_all() for f in files)
     assert chunks == [(20, 1), (20, 2)] and synthetic._POOL_MIN_CHUNKS <= 20
     assert tables[1].num_rows == 160 and tables[1].equals(tables[2])
+
+
+def test_ensure_synthetic_can_write_the_validation_split_alone(tmp_path):
+    """An evaluation-only run needs the validation scenes, not the training set; they are
+    the same scenes either way (they start after the training split's indices)."""
+    import pyarrow as pa
+
+    from slotsweep.config import DataConfig
+    from slotsweep.data.synthetic import ensure_synthetic
+
+    def val_table(root, splits):
+        data = DataConfig(train=str(root / "train"), val=str(root / "val"), synthetic=True,
+                          synthetic_train=40, synthetic_val=12)
+        ensure_synthetic(data, resolution=16, log=None, workers=1, splits=splits)
+        assert (root / "train").exists() == ("train" in splits)
+        files = sorted((root / "val").glob("shard-*.arrow"))
+        return pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(f))).read_all()
+                                for f in files)
+
+    alone = val_table(tmp_path / "alone", ("val",))
+    assert alone.num_rows == 12
+    assert alone.equals(val_table(tmp_path / "both", ("train", "val")))

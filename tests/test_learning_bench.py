@@ -204,3 +204,65 @@ def test_precision_benchmark_prints_both_precisions():
     for _, fp32, bf16, speedup, gap in rows:
         assert float(speedup.rstrip("x")) == pytest.approx(float(fp32) / float(bf16), rel=0.05)
         assert float(gap) < 1e-2
+
+
+def test_eval_variants_reference_row_is_the_trainers_evaluation(dsprites16, tmp_path):
+    """benchmarks/eval_variants.py on a checkpoint of the authors' model: its reference
+    row (the checkpoint's own fresh noise, fp32) scores what the trainer's evaluation
+    logged for that checkpoint, and it adds every noise / sigma / precision variant."""
+    overrides = [
+        f"data.train={dsprites16 / 'train'}", f"data.val={dsprites16 / 'val'}",
+        "data.synthetic=false", "model.resolution=16", "model.encoder_channels=8",
+        "model.decoder_channels=8", "model.decoder_layers=2", "model.slot_size=16",
+        "model.mlp_hidden_size=32", "train.steps=2", "train.batch_size=4",
+        "train.warmup_steps=1", "train.checkpoint_every=2", "train.device=cpu",
+        "eval.every=2", "eval.batch_size=8", "eval.max_images=16",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "configs/dsprites_small_authors.yaml", *overrides,
+         "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = json.loads((tmp_path / "curve.jsonl").read_text().splitlines()[-1])
+    checkpoint = tmp_path / "checkpoints" / "step-00000002"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "eval_variants.py"), str(checkpoint),
+         "--batch-size", "5"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table(proc.stdout, "| evaluation |")
+    assert [r[0] for r in rows] == [
+        "fresh noise, sigma x1.0, fp32", "seeded noise, sigma x1.0, fp32",
+        "seeded noise, sigma x1.7, fp32", "seeded noise, sigma x2.5, fp32",
+        "fresh noise, sigma x1.7, fp32", "fresh noise, sigma x2.5, fp32",
+        "fresh noise, sigma x1.0, bf16"]
+    reference = rows[0]
+    assert reference[1] == f"{curve['lone/whole']} of {curve['lone/images']}"
+    assert float(reference[2]) == pytest.approx(curve["val/fg_ari"], abs=2e-3)
+    assert float(reference[3]) == pytest.approx(curve["val/mbo"], abs=2e-3)
+
+
+def test_predictions_edit_changes_the_model_before_it_runs(dsprites16, tmp_path):
+    """The sigma scaling of eval_variants reaches the slots (and nothing else moves)."""
+    import torch
+
+    from slotsweep import checkpoint
+    from slotsweep.models import build_model
+
+    learning = _load_learning()
+    config = load_config("configs/dsprites_small_authors.yaml", [
+        f"data.val={dsprites16 / 'val'}", "model.resolution=16", "eval.max_images=8",
+        "eval.batch_size=8"])
+    model = build_model(config.model, config.loss)
+    saved = checkpoint.save(tmp_path, 0, {"model": model.state_dict()}, config.to_yaml())
+
+    def slots(edit=None):
+        return torch.cat([out["slots"] for _, out, _ in
+                          learning.predictions(config, saved, edit=edit)])
+
+    def widen(m):
+        with torch.no_grad():
+            m.slot_attention.slots_log_sigma.add_(1.0)
+
+    assert torch.equal(slots(), slots())  # fresh noise, seeded: the same every pass
+    assert not torch.allclose(slots(widen), slots())

@@ -108,19 +108,21 @@ def _matches(path: Path, *, num: int, seed: int, start: int, resolution: int) ->
 
 
 def ensure_synthetic(data: DataConfig, *, resolution: int, log=print,
-                     workers: int | None = None) -> None:
-    """Make sure `data.train` and `data.val` hold the configured synthetic splits,
-    generated in `workers` processes (default: `default_workers()`).
+                     workers: int | None = None, splits: tuple[str, ...] = ("train", "val"),
+                     ) -> None:
+    """Make sure `data.train` and `data.val` (or only the `splits` named) hold the
+    configured synthetic splits, generated in `workers` processes (default:
+    `default_workers()`).
 
     Safe when several trials start at once on one node: a file lock serialises them,
     and whoever comes second finds the data ready.
     """
     workers = default_workers() if workers is None else workers
-    splits = [
-        (Path(data.train), data.synthetic_train, 0),
-        (Path(data.val), data.synthetic_val, data.synthetic_train),
-    ]
-    for path, num, start in splits:
+    wanted = {
+        "train": (Path(data.train), data.synthetic_train, 0),
+        "val": (Path(data.val), data.synthetic_val, data.synthetic_train),
+    }
+    for path, num, start in (wanted[name] for name in splits):
         kw = {"num": num, "seed": data.synthetic_seed, "start": start, "resolution": resolution}
         if _matches(path, **kw):
             continue
