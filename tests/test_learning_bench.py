@@ -266,3 +266,18 @@ def test_predictions_edit_changes_the_model_before_it_runs(dsprites16, tmp_path)
 
     assert torch.equal(slots(), slots())  # fresh noise, seeded: the same every pass
     assert not torch.allclose(slots(widen), slots())
+
+
+def test_decoders_benchmark_compares_the_authors_model_with_ours():
+    """benchmarks/decoders.py --smoke: a row per resolution, the ratio is as printed, and
+    the parameter counts are the two models' (the authors' 685,380 at 64x64)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decoders.py"), "--smoke"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table(proc.stdout, "| resolution, batch |")
+    assert [r[0] for r in rows] == ["32x32, 1", "64x64, 1"]
+    for _, ours, authors, ratio, _, _ in rows:
+        assert float(ratio.rstrip("x")) == pytest.approx(float(authors) / float(ours), rel=0.02)
+    assert [r[4:] for r in rows] == [["124,580", "173,732"], ["504,964", "685,380"]]
