@@ -92,7 +92,10 @@ class Plan:
     tolerance: float = 0.05  # |mean last losses bf16 - fp32| / fp32
 
     @classmethod
-    def make(cls, smoke: bool, device: str) -> Plan:
+    def make(cls, smoke: bool, device: str, quick: bool = False) -> Plan:
+        if quick and not smoke:  # the first minutes of a device lease (device_binding.sh)
+            return cls(smoke=False, device=device, seconds_per_row=2.0, matmul_seconds=0.5,
+                       pack=(1, 2), pack_seconds=4.0, numerics_steps=100, numerics_last=25)
         if not smoke:
             return cls(smoke=False, device=device)
         # compile with dynamo's eager backend: inductor's C++ build takes ~75 s cold
@@ -423,6 +426,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--smoke", action="store_true",
                         help="tiny models on the CPU, compile with the eager backend (CI)")
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter timings, packing 1 and 2, numerics over 100 steps: "
+                        "~3 minutes on a GPU, for the start of a lease")
     parser.add_argument("--pack-mode", default="bf16+compile", choices=list(MODES),
                         help="how the packed trials run (default: bf16+compile)")
     parser.add_argument("--pack", help="packed trial counts, e.g. 1,2,4 (default: 1,2,4; "
@@ -435,7 +441,7 @@ def main() -> None:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    plan = Plan.make(args.smoke, device)
+    plan = Plan.make(args.smoke, device, quick=args.quick)
     if args.pack:
         plan = dataclasses.replace(plan, pack=tuple(int(n) for n in args.pack.split(",")))
     dev = torch.device(plan.device)
@@ -451,10 +457,18 @@ def main() -> None:
         },
     }
     clock = result["section_seconds"] = {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """What is measured is on disk at once: a run cut short by the end of a lease
+        or a timeout keeps it."""
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
     def lap(name: str) -> None:
         clock[name] = time.perf_counter() - started - sum(clock.values())
         print(f"[{time.perf_counter() - started:5.0f} s] {name} done", file=sys.stderr)
+        save()
 
     lap("matmul")
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
@@ -462,12 +476,14 @@ def main() -> None:
         data = write_data(root, plan)
         lap("data")
         flops: dict[str, float] = {}
-        rows = [measure_row(name, mode, data[name], plan, flops)
-                for name in CONFIGS for mode in MODES]
+        rows = result["rows"] = []
+        for name in CONFIGS:
+            for mode in MODES:
+                rows.append(measure_row(name, mode, data[name], plan, flops))
+                save()
         # the other data path: streamed where auto stages (CUDA), staged where it streams
         rows.append(measure_row("dinosaur", "bf16+compile", data["dinosaur"], plan, flops,
                                 stage="stream" if dev.type == "cuda" else "device"))
-        result["rows"] = rows
         lap("configurations")
         result["packing"] = packing("dsprites-covloss", data["dsprites-covloss"], plan,
                                     args.pack_mode, root)
@@ -479,8 +495,6 @@ def main() -> None:
     text = table(result)
     print(text)
     print(f"\n{result['seconds']:.0f} s in all")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result, "table": text}, indent=2) + "\n")
     if not all(math.isfinite(r["steps_per_s"]) for r in rows):
         raise SystemExit("a configuration produced no timing")
