@@ -11,7 +11,6 @@ curves' steps to binding, this gives the cost per CPU minute of binding (issue 2
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision import seconds_per_step  # noqa: E402
+from precision import seconds_per_step, timing_args  # noqa: E402
 
 from slotsweep.config import load_config  # noqa: E402
 from slotsweep.models import build_model  # noqa: E402
@@ -36,16 +35,7 @@ PAIRS = {  # resolution: ((ours: config, overrides), (the authors': config, over
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true",
-                        help="batch 1, 1 warm-up and 1 timed step, 1 repeat (CI)")
-    args = parser.parse_args()
-    extra = ["train.batch_size=1"] if args.smoke else []
-    warmup = 1 if args.smoke else 2
-    if args.smoke:
-        args.steps, args.repeats = 1, 1
+    args, extra, warmup = timing_args(__doc__.splitlines()[0])
     os.chdir(ROOT)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, fp32\n")

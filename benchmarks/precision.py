@@ -67,17 +67,22 @@ def loss_gap(configs: dict, batch) -> float:
     return abs(losses["bf16"] - losses["fp32"]) / losses["fp32"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_args(description: str) -> tuple[argparse.Namespace, list[str], int]:
+    """The step-timing benchmarks' command line: (args, config overrides, warm-up steps);
+    `--smoke` shrinks everything to one step at batch 1."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--smoke", action="store_true",
                         help="batch 1, 1 warm-up and 1 timed step, 1 repeat (CI)")
     args = parser.parse_args()
-    extra = ["train.batch_size=1"] if args.smoke else []
-    warmup = 1 if args.smoke else 2
     if args.smoke:
         args.steps, args.repeats = 1, 1
+    return args, ["train.batch_size=1"] if args.smoke else [], 1 if args.smoke else 2
+
+
+def main() -> None:
+    args, extra, warmup = timing_args(__doc__.splitlines()[0])
     os.chdir(ROOT)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU flags: {cpu_flags()}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
