@@ -92,7 +92,7 @@ class ModelConfig(_Section):
     feature_dim: PositiveInt = 768
     num_patches: PositiveInt = 196
     # Decoders. broadcast_cnn: full-resolution spatial broadcast, decoder_layers k×k
-    #   convolutions + a 3×3 output (google-research's multi-dSprites decoder has 4 at 32).
+    #   convolutions + a 3×3 output (4 × 5×5 at 32: Locatello et al. as first read here).
     # broadcast_tconv: the same with transposed convolutions and PyTorch's default init,
     #   as the paper authors' code builds it (3 layers of 5×5 at the slot size).
     # broadcast_mlp_upsample: the paper's COCO image decoder; mlp_patch: DINOSAUR's.
