@@ -5,8 +5,9 @@ with no training: the slot noise (one fixed draw for every image, as our evaluat
 does, or a fresh draw per image, as the authors' code does), the learned sigma scaled
 by 1, 1.7 or 2.5 (the authors' initial sigma is ~1.7x ours), and fp32 or bf16. Each
 row gives the one-object scenes whose sprite stays in one slot, FG-ARI and mBO over
-all scenes and FG-ARI by number of objects. The baseline is the first row: the
-checkpoint as its own config evaluates it.
+all scenes and FG-ARI by number of objects. The first row is the reference: the
+checkpoint's own slot noise, in fp32; the noise and sigma rows are fp32 too, and the
+last row is the reference in bf16.
 
 Slot noise and sigma only exist for a Gaussian slot initialisation; a checkpoint with
 learned queries (run A) gets the precision rows only.

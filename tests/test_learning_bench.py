@@ -27,6 +27,16 @@ def test_every_shipped_config_loads(path):
     assert config.train.steps > 0
 
 
+def run_benchmark(script: str, *args: str) -> str:
+    """Run `benchmarks/<script>` on one thread from the checkout; its stdout (it must
+    exit 0)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def table(text: str, header: str) -> list[list[str]]:
     """The rows of the Markdown table whose header line starts with `header`."""
     lines = text.splitlines()
@@ -48,13 +58,8 @@ def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
         "train.checkpoint_every=2", "train.device=cpu", "eval.every=2", "eval.batch_size=8",
         "eval.max_images=16",
     ]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "configs/dsprites_binding.yaml", *overrides,
-         "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_benchmark("learning.py", "configs/dsprites_binding.yaml", *overrides,
+                        "--workdir", str(tmp_path))
 
     curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
     rows = table(out, "| step |")
@@ -119,16 +124,12 @@ def test_learning_report_before_any_evaluation(dsprites16, tmp_path):
     the baselines and says so, instead of failing on an empty curve."""
     overrides = [f"data.train={dsprites16 / 'train'}", f"data.val={dsprites16 / 'val'}",
                  "data.synthetic=false", "model.resolution=16", "eval.max_images=16"]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "configs/dsprites_binding.yaml", *overrides,
-         "--report-only", "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert table(proc.stdout, "| step |") == []
-    assert "blocks 2x2" in proc.stdout
-    assert "last: no evaluation yet" in proc.stdout
-    assert "by objects" not in proc.stdout  # no checkpoint to break down
+    out = run_benchmark("learning.py", "configs/dsprites_binding.yaml", *overrides,
+                        "--report-only", "--workdir", str(tmp_path))
+    assert table(out, "| step |") == []
+    assert "blocks 2x2" in out
+    assert "last: no evaluation yet" in out
+    assert "by objects" not in out  # no checkpoint to break down
 
 
 def _load_learning():
@@ -194,12 +195,7 @@ def test_shared_sprites_finds_the_slots_that_split_a_sprite():
 def test_precision_benchmark_prints_both_precisions():
     """benchmarks/precision.py --smoke: a row per config, the speed-up is fp32 / bf16 as
     printed, and bf16's loss on the same weights is within 1% of fp32's."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "precision.py"), "--smoke"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = table(proc.stdout, "| config |")
+    rows = table(run_benchmark("precision.py", "--smoke"), "| config |")
     assert [r[0].split()[0] for r in rows] == ["dsprites_binding", "dsprites_binding64"]
     for _, fp32, bf16, speedup, gap in rows:
         assert float(speedup.rstrip("x")) == pytest.approx(float(fp32) / float(bf16), rel=0.05)
@@ -218,19 +214,12 @@ def test_eval_variants_reference_row_is_the_trainers_evaluation(dsprites16, tmp_
         "train.warmup_steps=1", "train.checkpoint_every=2", "train.device=cpu",
         "eval.every=2", "eval.batch_size=8", "eval.max_images=16",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "configs/dsprites_small_authors.yaml", *overrides,
-         "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_benchmark("learning.py", "configs/dsprites_small_authors.yaml", *overrides,
+                  "--workdir", str(tmp_path))
     curve = json.loads((tmp_path / "curve.jsonl").read_text().splitlines()[-1])
     checkpoint = tmp_path / "checkpoints" / "step-00000002"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "eval_variants.py"), str(checkpoint),
-         "--batch-size", "5"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = table(proc.stdout, "| evaluation |")
+    rows = table(run_benchmark("eval_variants.py", str(checkpoint), "--batch-size", "5"),
+                 "| evaluation |")
     assert [r[0] for r in rows] == [
         "fresh noise, sigma x1.0, fp32", "seeded noise, sigma x1.0, fp32",
         "seeded noise, sigma x1.7, fp32", "seeded noise, sigma x2.5, fp32",
@@ -271,12 +260,7 @@ def test_predictions_edit_changes_the_model_before_it_runs(dsprites16, tmp_path)
 def test_decoders_benchmark_compares_the_authors_model_with_ours():
     """benchmarks/decoders.py --smoke: a row per resolution, the ratio is as printed, and
     the parameter counts are the two models' (the authors' 685,380 at 64x64)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "decoders.py"), "--smoke"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = table(proc.stdout, "| resolution, batch |")
+    rows = table(run_benchmark("decoders.py", "--smoke"), "| resolution, batch |")
     assert [r[0] for r in rows] == ["32x32, 1", "64x64, 1"]
     for _, ours, authors, ratio, _, _ in rows:
         assert float(ratio.rstrip("x")) == pytest.approx(float(authors) / float(ours), rel=0.02)
