@@ -1,7 +1,7 @@
 """The sweep dashboard: `python -m slotsweep.report NAME` → one self-contained HTML page.
 
 It reads the sweep's trial runs from MLflow (the same store `slotsweep.run` writes) and
-renders `dashboards/sweep_report.html.j2`: FG-ARI, mBO and stripe score against β per
+renders `slotsweep/templates/sweep_report.html.j2`: FG-ARI, mBO and stripe score against β per
 loss type and against slot size and head depth, the learning curves, the best trial's
 masks next to the block baseline's, a table of every trial sortable by any column
 (scores, probe, the last value of each loss term), and the sweep's progress (trials,
@@ -47,8 +47,7 @@ from slotsweep.seeds import (
 )
 from slotsweep.sweep_spec import COMPARABLE_METRICS, Sweep, load_sweep
 
-DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
-TEMPLATE = "sweep_report.html.j2"
+TEMPLATE = "sweep_report.html.j2"  # in slotsweep/templates, shipped in the wheel
 METRICS = {"val/fg_ari": "FG-ARI", "val/mbo": "mBO", "val/stripe": "stripe score"}
 # In the order of the paper's Table 2, each colour channel after the colour's mean.
 PROBE_LABELS = {"probe/shape_acc": "shape (acc.)", "probe/color_r2": "colour R²",
@@ -552,7 +551,7 @@ def render(context: dict[str, Any]) -> str:
     import jinja2
     import plotly.offline
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(DASHBOARDS),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("slotsweep", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "allow_nan": False}
     env.filters["mean_pm"] = lambda cell: mean_pm(*cell)

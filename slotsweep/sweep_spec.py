@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import difflib
+import graphlib
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -43,8 +44,10 @@ from slotsweep.config import (
     known_keys,
     read_yaml,
 )
+from slotsweep.shipped import shipped
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS_DIR = shipped("sweeps")
+CONFIGS_DIR = shipped("configs")
 VARIANT = "variant"  # the search key of a sweep file's `variants`
 # What a trial reports that a sweep file's `published` values can be compared with
 # (the probe's names are those of `slotsweep.probe.evaluate_probe`).
@@ -170,18 +173,24 @@ class Sweep:
         self._base_flat: dict[str, Any] | None = None
 
     def order(self) -> list[str]:
-        """Search keys ordered so every `when` key is sampled before the key it gates."""
+        """Search keys ordered so every `when` key is sampled before the key it gates.
+
+        Keys that are ready together keep the file's order: the order is what Optuna
+        samples in, so it must not change between a run and its resume."""
+        space = self.spec.search_space
+        position = {key: i for i, key in enumerate(space)}
+        graph = graphlib.TopologicalSorter(
+            {k: [c for c in (p.when or {}) if c in space] for k, p in space.items()})
+        try:
+            graph.prepare()
+        except graphlib.CycleError as exc:
+            raise ConfigError(f"{self.path}: search_space: `when` conditions form a cycle: "
+                              f"{' → '.join(exc.args[1])}") from None
         done: list[str] = []
-        pending = dict(self.spec.search_space)
-        while pending:
-            ready = [k for k, p in pending.items()
-                     if all(c not in pending for c in (p.when or {}))]
-            if not ready:
-                raise ConfigError(f"{self.path}: search_space: `when` conditions form a cycle "
-                                  f"among {', '.join(pending)}")
-            for key in ready:
-                done.append(key)
-                del pending[key]
+        while graph.is_active():
+            ready = sorted(graph.get_ready(), key=position.__getitem__)
+            done.extend(ready)
+            graph.done(*ready)
         return done
 
     def trial_config(self, params: dict[str, Any], *, seed: int | None = None) -> TrialConfig:
@@ -235,6 +244,19 @@ def _sweep_folders() -> tuple[Path, Path]:
     return Path.cwd() / "sweeps", SWEEPS_DIR
 
 
+def _base_path(path: Path, base: str) -> Path:
+    """A sweep file's `base`: a path relative to the sweep file, or the name of a shipped
+    config (`base: quickstart`), so a user's own sweep can build on the packaged ones."""
+    candidate = (path.parent / base).resolve()
+    if candidate.is_file():
+        return candidate
+    if Path(base).name == base and (CONFIGS_DIR / f"{base}.yaml").is_file():
+        return CONFIGS_DIR / f"{base}.yaml"
+    known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    raise ConfigError(f"{path}: base: no such config file {candidate}, nor a shipped config "
+                      f"of that name (known: {known})")
+
+
 def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sweep:
     """Load and validate a sweep file; every error names the file and the key path."""
     path = resolve(name_or_path)
@@ -246,10 +268,7 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
 
     base: dict[str, Any] = {}
     if spec.base:
-        base_path = (path.parent / spec.base).resolve()
-        if not base_path.is_file():
-            raise ConfigError(f"{path}: base: no such config file {base_path}")
-        base = read_yaml(base_path)
+        base = read_yaml(_base_path(path, spec.base))
     base = _merge(base, spec.config)
     source = f"{path} (base config)"
     base_cfg = build_config(base, source=source, overrides=overrides or {})
