@@ -9,7 +9,7 @@ import torch
 from slotsweep.config import build_config
 from slotsweep.data.features import add_features, create_encoder, extract_tokens
 from slotsweep.data.shards import ShardDataset, ShardError, read_manifest, verify
-from slotsweep.train import fit
+from slotsweep.training.loop import fit
 
 SMALL_VIT = {"img_size": 32, "depth": 3, "embed_dim": 48, "num_heads": 2}
 
@@ -73,3 +73,32 @@ def test_wrong_feature_size_for_the_model_names_the_column(dsprites16, encoder, 
     out = add_features(dsprites16 / "val", tmp_path / "val", encoder, batch_size=16)
     with pytest.raises(ShardError, match=r"features.*768|768.*features"):
         ShardDataset(out, expect_shapes={"features": (4, 768)})
+
+
+def test_local_weights_load_strictly(encoder, tmp_path):
+    """A state dict from a file reproduces the encoder exactly (a classifier head in it is
+    dropped, DDP's `module.` prefix cleaned, as timm does); one that does not fit the
+    architecture is refused naming the file and the keys, not half loaded."""
+    state = {f"module.{k}": v for k, v in encoder.model.state_dict().items()}
+    state["head.weight"] = torch.zeros(10, 48)  # a classifier: not part of the encoder
+    good = tmp_path / "good.pt"
+    torch.save({"model": state}, good)
+    loaded = create_encoder("vit_base_patch16_224.dino", weights=str(good), block=2,
+                            **SMALL_VIT)
+    assert loaded.weights_hash == encoder.weights_hash
+    assert loaded.weights == str(good.resolve())
+
+    extra = dict(encoder.model.state_dict(), **{"blocks.7.attn.qkv.weight": torch.zeros(1)})
+    torch.save(extra, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=r"extra\.pt: does not fit.*1 unexpected keys.*blocks\.7"):
+        create_encoder("vit_base_patch16_224.dino", weights=str(tmp_path / "extra.pt"),
+                       block=2, **SMALL_VIT)
+    partial = {k: v for k, v in encoder.model.state_dict().items() if not k.startswith("blocks.2")}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"partial\.pt: does not fit.*missing weights.*blocks\.2"):
+        create_encoder("vit_base_patch16_224.dino", weights=str(tmp_path / "partial.pt"),
+                       block=2, **SMALL_VIT)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"junk\.pt: cannot load as weights"):
+        create_encoder("vit_base_patch16_224.dino", weights=str(tmp_path / "junk.pt"),
+                       block=2, **SMALL_VIT)

@@ -11,12 +11,15 @@ Weights: timm's pretrained weights (needs the hub), a local checkpoint file, or
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 DEFAULT_ENCODER = "vit_base_patch16_224.dino"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,8 +34,8 @@ class Encoder:
     weights: str  # "pretrained", "random" or a file path
     weights_hash: str
     block: int  # 1-based index of the block whose tokens are taken
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per RGB channel, as timm's data config gives it
+    std: tuple[float, ...]
     image_size: int
     grid: tuple[int, int]
     dim: int
@@ -60,7 +63,11 @@ def create_encoder(
     """Build the frozen encoder. `weights`: "pretrained" (timm hub), "random" (seeded,
     for offline tests), or a path to a state dict (loaded with `weights_only=True`)."""
     import timm
+    from timm.data import resolve_model_data_config
 
+    # A timm ViT: its blocks, patch_embed and embed_dim are architecture attributes that
+    # create_model's return type (nn.Module) does not declare.
+    model: Any
     if weights == "random":
         torch.manual_seed(seed)
         model = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
@@ -73,20 +80,14 @@ def create_encoder(
                 "to a local checkpoint, or --weights random for a test run"
             ) from None
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights {weights}: no such checkpoint file")
         model = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state.get("state_dict", state))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if [k for k in missing if not k.startswith("head")]:
-            raise ValueError(f"{path}: checkpoint lacks {len(missing)} encoder weights, "
-                             f"e.g. {missing[:3]}")
+        load_local_weights(model, Path(weights))
     model.eval().requires_grad_(False)
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
-    std = tuple(cfg.get("std", IMAGENET_STD))
+    # timm's own answer for the model's input normalisation (its pretrained config, or
+    # the architecture's default), as timm's transforms would use it.
+    data_config = resolve_model_data_config(model)
+    mean = tuple(float(v) for v in data_config.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in data_config.get("std", IMAGENET_STD))
     num_blocks = len(model.blocks)
     block = block or num_blocks
     if not 1 <= block <= num_blocks:
@@ -96,6 +97,42 @@ def create_encoder(
     return Encoder(model, name, weights if weights in ("pretrained", "random") else
                    str(Path(weights).resolve()), _state_hash(model), block, mean, std,
                    image_size, grid, model.embed_dim)
+
+
+def load_local_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a local state dict into `model` strictly: every encoder weight must be there and
+    nothing else may be, except a classifier head, which the frozen encoder has none of.
+    Keys are cleaned and converted as timm does for its own pretrained files (wrapper
+    prefixes; the original DINO/MAE/DeiT names and position-embedding sizes)."""
+    import sys
+
+    from timm.models import clean_state_dict
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or a pickle of code
+        raise ValueError(f"{path}: cannot load as weights ({str(exc).splitlines()[0]})") from None
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict (a {type(state).__name__})")
+    state = clean_state_dict(state)
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if convert is not None:
+        state = convert(state, model)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith("head")}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not fit {type(model).__name__}: "
+            + "; ".join(f"{len(keys)} {what}, e.g. {keys[:3]}" for what, keys in
+                        (("missing weights", missing), ("unexpected keys", unexpected)) if keys)
+            + " (another architecture or block count?)")
+    model.load_state_dict(state, strict=True)  # shapes: a mismatch raises, naming the key
 
 
 @torch.no_grad()
@@ -109,7 +146,7 @@ def extract_tokens(
     mean = torch.tensor(encoder.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std  # ImageNet normalisation (the authors skipped it: a flaw)
-    model = encoder.model.to(x.device)
+    model: Any = encoder.model.to(x.device)  # a timm ViT (forward_intermediates)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=autocast):
         tokens = model.forward_intermediates(
             x, indices=[encoder.block - 1], norm=False, stop_early=True,
@@ -167,7 +204,7 @@ def add_features(
                   "features_of": str(Path(src).resolve())}
     out = Path(out)
     if finished_with(out, encoder):
-        print(f"{out}: already complete, nothing to do")
+        log.info("%s: already complete, nothing to do", out)
         return out
     with ShardWriter(out, rows_per_shard=rows_per_shard, attributes=attributes,
                      resume=True) as writer:

@@ -67,6 +67,13 @@ def _require(feature: Feature | None, name: str, kind: str, where: str) -> Featu
     return feature
 
 
+def _float_values(feature: Feature) -> np.ndarray:
+    """A float_list's values (`Feature.values` gives an array for that kind)."""
+    values = feature.values()
+    assert isinstance(values, np.ndarray)
+    return values
+
+
 def decode_example(data: bytes, where: str) -> dict[str, np.ndarray]:
     """One serialised Example -> image [R, R, 3], segmentation [R, R], objects [E-1, F]."""
     try:
@@ -74,13 +81,14 @@ def decode_example(data: bytes, where: str) -> dict[str, np.ndarray]:
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{where}: not a valid tf.train.Example ({err})") from err
     per_entity = {
-        n: _require(features.get(n), n, "float_list", where).values() for n in _PER_ENTITY
+        n: _float_values(_require(features.get(n), n, "float_list", where))
+        for n in _PER_ENTITY
     }
     num_entities = len(per_entity["x"])
     if num_entities < 2 or any(len(v) != num_entities for v in per_entity.values()):
         lengths = {n: len(v) for n, v in per_entity.items()}
         raise ValueError(f"{where}: per-entity features differ in length or are empty: {lengths}")
-    color = _require(features.get("color"), "color", "float_list", where).values()
+    color = _float_values(_require(features.get("color"), "color", "float_list", where))
     channels = len(color) // num_entities
     image = _require(features.get("image"), "image", "bytes_list", where).as_uint8()
     mask = _require(features.get("mask"), "mask", "bytes_list", where).as_uint8()

@@ -18,11 +18,14 @@ small and fixed (tensorflow/core/example/{example,feature}.proto)::
 so a hand-written decoder of a few dozen lines replaces the protobuf runtime. Repeated
 numbers are accepted packed and unpacked, as the protobuf wire format requires.
 
-CRC32C runs in numpy, vectorised over fixed-size chunks of a record and combined with
-precomputed "append zero bytes" operators (the linearity of CRCs, as in zlib's
-``crc32_combine``): about a millisecond for a 100 kB record. ``verify=False`` skips it.
+The framing and the decoder stay hand-written: the framing is two struct calls per
+record, and the decoder reads the packed numbers of a 64x64 mask in one strided numpy
+view, where protobuf's runtime would build a Python list of 4,096 ints (and would add a
+dependency on TensorFlow's generated classes). CRC32C comes from google-crc32c, the
+maintained C implementation (BENCHMARKS.md, "TFRecord read"). ``verify=False`` skips it.
 
-``write_tfrecord`` and ``encode_example`` exist for tests and small fixtures.
+Writing TFRecords (the framing and an ``Example`` encoder) is for tests only:
+tests/tfrecords.py.
 """
 
 from __future__ import annotations
@@ -31,95 +34,25 @@ import gzip
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import google_crc32c
 import numpy as np
 
 GZIP_MAGIC = b"\x1f\x8b"
 _HEADER = struct.Struct("<QI")  # length, masked crc of the length
 _FOOTER = struct.Struct("<I")  # masked crc of the data
 _MASK_DELTA = 0xA282EAD8
-_gzip_open = gzip.open  # write_tfrecord's `gzip` argument shadows the module
 
 # --------------------------------------------------------------------------- crc32c
 
-_POLY = 0x82F63B78  # Castagnoli polynomial, bit-reversed
-_CHUNK = 64  # bytes per lane of the vectorised CRC
-
-
-def _make_table() -> np.ndarray:
-    table = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        table = np.where(table & 1, (table >> 1) ^ np.uint32(_POLY), table >> 1)
-    return table.astype(np.uint32)
-
-
-_TABLE = _make_table()
-_TABLE_LIST = [int(v) for v in _TABLE]
-
-
-def _crc_raw_python(data: bytes, crc: int = 0) -> int:
-    """CRC register after ``data`` starting from ``crc`` (no init or final xor)."""
-    table = _TABLE_LIST
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
-
-
-@cache
-def _shift_tables(level: int) -> np.ndarray:
-    """uint32 [4, 256]: the register after appending ``_CHUNK * 2**level`` zero bytes.
-
-    The operator is linear over GF(2), so it is tabulated per input byte:
-    shift(reg) = T[0][reg & 0xFF] ^ T[1][reg >> 8 & 0xFF] ^ T[2][...] ^ T[3][...].
-    """
-    basis = np.uint32(1) << np.arange(32, dtype=np.uint32)  # [32]
-    if level == 0:
-        images = basis.copy()
-        for _ in range(_CHUNK):
-            images = _TABLE[images & 0xFF] ^ (images >> 8)
-    else:
-        images = _apply_shift(_apply_shift(basis, level - 1), level - 1)
-    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1  # [256, 8]
-    tables = np.empty((4, 256), dtype=np.uint32)
-    for j in range(4):
-        tables[j] = np.bitwise_xor.reduce(
-            np.where(bits == 1, images[8 * j : 8 * j + 8], np.uint32(0)), axis=1
-        )
-    return tables
-
-
-def _apply_shift(regs: np.ndarray, level: int) -> np.ndarray:
-    t = _shift_tables(level)
-    low = t[0][regs & 0xFF] ^ t[1][(regs >> 8) & 0xFF]
-    return low ^ t[2][(regs >> 16) & 0xFF] ^ t[3][regs >> 24]
-
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC-32C (Castagnoli) of ``data``, as used by TFRecord."""
-    n = len(data)
-    if n < 4 * _CHUNK:
-        return _crc_raw_python(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
-    # The initial register 0xFFFFFFFF equals inverting the first four bytes and starting
-    # from 0; from 0, leading zero bytes change nothing, so the data can be left-padded
-    # to a power-of-two number of chunks that are reduced pairwise.
-    num_chunks = 1 << int(np.ceil(np.log2(-(-n // _CHUNK))))
-    buf = np.zeros(num_chunks * _CHUNK, dtype=np.uint8)
-    buf[-n:] = np.frombuffer(data, dtype=np.uint8)
-    buf[-n : -n + 4] ^= 0xFF
-    chunks = buf.reshape(_CHUNK, num_chunks, order="F")  # column k = chunk k
-    regs = np.zeros(num_chunks, dtype=np.uint32)  # [num_chunks]
-    for row in chunks:
-        regs = _TABLE[(regs ^ row) & 0xFF] ^ (regs >> 8)
-    level = 0
-    while len(regs) > 1:  # combine (earlier, later) = shift(earlier) ^ later
-        regs = _apply_shift(regs[0::2], level) ^ regs[1::2]
-        level += 1
-    return int(regs[0]) ^ 0xFFFFFFFF
+    """CRC-32C (Castagnoli) of ``data``, as used by TFRecord (google-crc32c's C code)."""
+    return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
 
 
 def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
@@ -212,22 +145,6 @@ def read_tfrecord(
             index += 1
 
 
-def write_tfrecord(
-    path: str | os.PathLike, examples: Iterable[bytes | Mapping[str, Any]], gzip: bool = True
-) -> Path:
-    """Write records (bytes, or feature dicts for ``encode_example``); a test utility."""
-    path = Path(path)
-    opener = _gzip_open if gzip else open
-    with opener(path, "wb") as f:
-        for example in examples:
-            data = example if isinstance(example, bytes) else encode_example(example)
-            header = struct.pack("<Q", len(data))
-            f.write(header + struct.pack("<I", masked_crc32c(header)))
-            f.write(data + struct.pack("<I", masked_crc32c(data)))
-    return path
-
-
-
 # --------------------------------------------------------------------------- protobuf
 
 
@@ -247,6 +164,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of a message; value: int or bytes."""
     pos, end = 0, len(buf)
+    value: int | bytes
     while pos < end:
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
@@ -347,71 +265,3 @@ def parse_example(data: bytes) -> dict[str, Feature]:
                             feature = Feature(_KINDS[kind_number], payload)
             features[key] = feature  # a repeated key: the last entry wins, as in protobuf
     return features
-
-
-def _key(number: int, wire: int) -> bytes:
-    return _encode_varint(number << 3 | wire)
-
-
-def _encode_varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _key(number, 2) + _encode_varint(len(payload)) + payload
-
-
-def _encode_feature(value: Any, packed: bool) -> bytes:
-    if isinstance(value, bytes):
-        value = [value]
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], bytes):
-        if all(len(v) == 1 for v in value):  # one byte per element: build it in numpy
-            rows = np.empty((len(value), 3), dtype=np.uint8)
-            rows[:, 0], rows[:, 1] = 0x0A, 1
-            rows[:, 2] = np.frombuffer(b"".join(value), dtype=np.uint8)
-            payload = rows.tobytes()
-        else:
-            payload = b"".join(_length_delimited(1, v) for v in value)
-        return _length_delimited(1, payload)
-    array = np.asarray(value).reshape(-1)
-    if array.dtype.kind == "f":
-        floats = array.astype("<f4")
-        if packed:
-            payload = _length_delimited(1, floats.tobytes()) if len(floats) else b""
-        else:
-            payload = b"".join(_key(1, 5) + f.tobytes() for f in floats)
-        return _length_delimited(2, payload)
-    if array.dtype.kind in "iub":
-        ints = [int(v) for v in array]
-        if packed:
-            body = b"".join(_encode_varint(v) for v in ints)
-            payload = _length_delimited(1, body) if ints else b""
-        else:
-            payload = b"".join(_key(1, 0) + _encode_varint(v) for v in ints)
-        return _length_delimited(3, payload)
-    raise TypeError(f"cannot encode {type(value).__name__} of dtype {array.dtype} as a Feature")
-
-
-def encode_example(features: Mapping[str, Any], *, packed: bool = True) -> bytes:
-    """Serialise {name: value} as a ``tf.train.Example``; a test utility.
-
-    bytes or a list of bytes -> bytes_list, float arrays -> float_list, integer or bool
-    arrays -> int64_list. ``packed=False`` writes repeated numbers one field each.
-    """
-    entries = b"".join(
-        _length_delimited(
-            1,
-            _length_delimited(1, name.encode()) + _length_delimited(2, _encode_feature(v, packed)),
-        )
-        for name, v in features.items()
-    )
-    return _length_delimited(1, entries)
