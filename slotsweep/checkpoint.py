@@ -9,12 +9,13 @@ where `latest()` would find it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from slotsweep.files import TMP_SUFFIX, atomic_path
 
 STATE = "state.pt"
 CONFIG = "config.yaml"
@@ -35,16 +36,16 @@ def save(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(state, tmp / STATE)
-    (tmp / CONFIG).write_text(config_yaml)
-    for name, data in (files or {}).items():
-        (tmp / name).write_bytes(data)
+    for stale in [*root.glob(f".{_PREFIX}*{TMP_SUFFIX}"), *root.glob(".tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # a crash's half checkpoint (one writer)
     if final.exists():  # the same step written again after a resume: replace it
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:  # a directory: its files are synced, then it is renamed
+        tmp.mkdir()
+        torch.save(state, tmp / STATE)
+        (tmp / CONFIG).write_text(config_yaml)
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
     for old in all_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -17,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from slotsweep.data.shards import MANIFEST, ShardError, read_manifest
+from slotsweep.files import atomic_path, atomic_write, sha256_file
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -27,20 +28,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("SLOTSWEEP_CACHE", Path.home() / ".cache/slotsweep/shards"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy(fs, src: str, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    with fs.open_input_stream(src) as fin, tmp.open("wb") as fout:
+    with atomic_path(dst) as tmp, fs.open_input_stream(src) as fin, tmp.open("wb") as fout:
         while chunk := fin.read(1 << 22):
             fout.write(chunk)
-    os.replace(tmp, dst)
 
 
 def local_split(uri: str | os.PathLike, *, cache: Path | None = None) -> Path:
@@ -65,12 +56,12 @@ def local_split(uri: str | os.PathLike, *, cache: Path | None = None) -> Path:
         for shard in manifest["shards"]:
             target = local / shard["file"]
             if target.is_file() and target.stat().st_size == shard["bytes"] and \
-                    _sha256(target) == shard["sha256"]:
+                    sha256_file(target) == shard["sha256"]:
                 continue  # a good cached copy
             _copy(filesystem, f"{base.rstrip('/')}/{shard['file']}", target)
-            if _sha256(target) != shard["sha256"]:
+            if sha256_file(target) != shard["sha256"]:
                 target.unlink()
                 raise ShardError(f"{uri}/{shard['file']}: checksum differs from the "
                                  "manifest after download; the remote shard is corrupt")
-        (local / "source.json").write_text(json.dumps({"uri": uri}))
+        atomic_write(local / "source.json", json.dumps({"uri": uri}))
     return local
