@@ -45,7 +45,7 @@ from slotsweep.config import TrialConfig, load_config
 from slotsweep.data.shards import ShardWriter
 from slotsweep.data.synthetic import write_dsprites
 from slotsweep.models import build_model
-from slotsweep.train import make_optimizer, seed_everything, train_step, training_batches
+from slotsweep.training.loop import make_optimizer, seed_everything, train_step, training_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {

@@ -43,7 +43,7 @@ from slotsweep.data.synthetic import ensure_synthetic
 from slotsweep.metrics import object_metrics
 from slotsweep.models import build_model
 from slotsweep.pictures import palette
-from slotsweep.train import fit, pick_device, progress_line
+from slotsweep.training.loop import fit, pick_device, progress_line
 
 
 def read_curve(path: Path) -> list[dict]:

@@ -24,7 +24,7 @@ from slotsweep.batches import to_model_inputs
 from slotsweep.config import load_config
 from slotsweep.losses import compute_losses
 from slotsweep.models import build_model
-from slotsweep.train import train_step
+from slotsweep.training.loop import train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {  # name: (config file, overrides)

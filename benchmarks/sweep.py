@@ -54,7 +54,7 @@ def sweep_yaml(root: Path, data: Path, trials: int, steps: int, every: int) -> P
 
 def _fit_timed(job: tuple[dict, str]) -> float:
     from slotsweep.config import build_config
-    from slotsweep.train import fit
+    from slotsweep.training.loop import fit
 
     tree, workdir = job
     start = time.perf_counter()

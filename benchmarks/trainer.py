@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slotsweep.config import build_config
 from slotsweep.models import build_model
-from slotsweep.train import train_step
+from slotsweep.training.loop import train_step
 
 CONFIGS = {
     "dsprites-covloss": {

@@ -12,6 +12,7 @@ both follow the same order and give bit-identical batches.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ class _IndexBatches(Dataset):
     def __len__(self) -> int:
         return len(self.shards)
 
-    def __getitem__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
         batch = self.shards.get_batch(np.asarray(indices))
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
@@ -245,4 +246,7 @@ def to_model_inputs(
     inputs = features if model.encoder == "features" else image
     target = features if model.target == "features" else image
     segmentation = tensors.get("segmentation")
-    return inputs, target, segmentation.long() if segmentation is not None else None
+    # A batch from `Batches.open` holds the model's columns (`columns_for`), so inputs
+    # and target are tensors; a caller passing fewer columns reads only what it gave.
+    return (cast(torch.Tensor, inputs), cast(torch.Tensor, target),
+            segmentation.long() if segmentation is not None else None)

@@ -28,7 +28,8 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    aris, mbos, stripes, sums, count = [], [], [], {}, 0
+    aris, mbos, stripes, count = [], [], [], 0
+    sums: dict[str, float] = {}
     picture = None
     for batch in batches.eval_batches(config.eval.batch_size, config.eval.max_images):
         inputs, target, segmentation = to_model_inputs(batch, config.model, device)
@@ -58,6 +59,8 @@ def evaluate(
 def _picture(batch, target, out, config: TrialConfig) -> bytes:
     """Input, reconstruction and masks of the first `eval.num_pictures` images."""
     n = config.eval.num_pictures
+    images: torch.Tensor | None
+    recons: torch.Tensor | None
     if config.model.target == "image":
         images, recons = to_uint8(target[:n]), to_uint8(out["recon"][:n])
     else:  # feature reconstruction: show the stored image, if the shards have one

@@ -130,7 +130,9 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     """All named terms plus `loss` = recon + beta(step) * sum(bottleneck terms)."""
     terms = {"recon": reconstruction_loss(outputs["recon"], target)}
-    terms.update(bottleneck_terms(outputs["slots"], outputs["projection"], loss))
+    slots = outputs["slots"]
+    assert slots is not None  # SlotAutoencoder always returns its slots
+    terms.update(bottleneck_terms(slots, outputs["projection"], loss))
     weight = beta_at(step, beta=loss.beta, warmup_steps=loss.warmup_steps)
     total = terms["recon"]
     for name, value in terms.items():

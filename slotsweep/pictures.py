@@ -21,7 +21,8 @@ def palette(num: int) -> np.ndarray:
 
 
 def _tile(rgb: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(rgb.astype(np.uint8)).resize((TILE, TILE), Image.NEAREST))
+    tile = Image.fromarray(rgb.astype(np.uint8)).resize((TILE, TILE), Image.Resampling.NEAREST)
+    return np.asarray(tile)
 
 
 def mask_picture(

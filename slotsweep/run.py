@@ -10,22 +10,25 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from slotsweep.cli import add_common_options, positive_int, setup_logging
+from slotsweep.shipped import known_sweeps
 
-from slotsweep.cli import positive_int
-from slotsweep.config import ConfigError, format_validation_error, parse_override
-from slotsweep.sweep_spec import Resources, Sweep, known_sweeps, load_sweep
+if TYPE_CHECKING:
+    from slotsweep.sweep_spec import Sweep
 
-# Nothing above imports torch, Ray or MLflow, so `--help` and a usage error answer at once.
+# Nothing above imports pydantic, torch, Ray or MLflow, so `--help` and a usage error
+# answer at once; main() imports what the command needs.
+log = logging.getLogger("slotsweep.run")
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m slotsweep.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", nargs="?", help="a name in sweeps/ or a path to a YAML; the "
@@ -53,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="start a new instance of the sweep (the old one is kept)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print the space and the first trial's config; start nothing")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    add_common_options(p)  # -q also hides Tune's progress table
     return p
 
 
@@ -73,6 +76,11 @@ def first_params(sweep: Sweep) -> dict[str, Any]:
 
 def with_resources(sweep: Sweep, cpu: float | None, gpu: float | None) -> Sweep:
     """The sweep with its per-trial resources replaced (None keeps the file's value)."""
+    from pydantic import ValidationError
+
+    from slotsweep.config import ConfigError, format_validation_error
+    from slotsweep.sweep_spec import Resources
+
     res = sweep.spec.resources
     try:
         resources = Resources(cpu=res.cpu if cpu is None else cpu,
@@ -102,13 +110,14 @@ def dry_run(sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
-def unfinished_trials(sweep: Sweep, result) -> int:
-    """Trials of the sweep that have not ended (an interrupted sweep: Tune stops on
-    Ctrl-C and returns what it has, with the rest pending or running)."""
+def unfinished_trials(result) -> int:
+    """Trials this run aimed for (`--num-samples`, else the sweep file's count) that have
+    not ended: an interrupted sweep, where Tune stopped on Ctrl-C and returned what it
+    had, with the rest pending or running."""
     from slotsweep.sweep import UNFINISHED
 
     ended = sum(t.outcome not in UNFINISHED for t in result.trials)  # as run_sweep ends them
-    return max(sweep.num_trials(), len(result.trials)) - ended
+    return max(result.planned, len(result.trials)) - ended
 
 
 def summary(sweep: Sweep, result, started: str) -> str:
@@ -147,9 +156,9 @@ def summary(sweep: Sweep, result, started: str) -> str:
     if failed:
         lines.append(f"\n{len(failed)} trial(s) failed: " +
                      "; ".join(f"{t.trial_id}: {t.error}" for t in failed))
-    unfinished = unfinished_trials(sweep, result)
+    unfinished = unfinished_trials(result)
     if unfinished:
-        lines.append(f"\n{unfinished} of {max(sweep.num_trials(), len(rows))} trials not "
+        lines.append(f"\n{unfinished} of {max(result.planned, len(rows))} trials not "
                      "finished: rerun the same command to resume (finished trials are kept, "
                      "started ones go on from their last checkpoint)")
     best = result.best(metric, mode)
@@ -189,11 +198,14 @@ def _fmt_params(sweep, t) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.sweep is None:
-        parser.error("name a sweep: " + ", ".join(known_sweeps()) + " (or a path to a YAML)")
+        p.error("name a sweep: " + ", ".join(known_sweeps()) + " (or a path to a YAML)")
+    setup_logging(args.verbose - args.quiet)
+    from slotsweep.config import ConfigError, parse_override
     from slotsweep.data.shards import ShardError  # imports torch
+    from slotsweep.sweep_spec import load_sweep
 
     try:
         overrides = dict(parse_override(o) for o in args.overrides)
@@ -221,13 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         engine.check_resources(sweep, started_locally=started == "local")
         note = busy_machine_note(load, os.cpu_count() or 1, os.environ)
         if started == "local" and note:
-            print(note, file=sys.stderr)
+            log.warning(note)
         result = engine.run_sweep(sweep, num_samples=args.num_samples, storage=args.storage,
                                   tracking_uri=args.tracking_uri, fresh=args.fresh,
-                                  verbose=0 if args.quiet else 1)
+                                  verbose=0 if args.quiet else min(3, 1 + args.verbose))
         _disconnect_ray()  # the summary is the last thing printed, after any worker line
         print(summary(sweep, result, started))
-        if unfinished_trials(sweep, result):
+        if unfinished_trials(result):
             return 130  # interrupted (Ctrl-C reaches Tune, which stops and returns)
     except (ConfigError, ShardError) as exc:
         _disconnect_ray()
@@ -255,7 +267,7 @@ def busy_machine_note(load: float, cpus: int, env) -> str | None:
     428 s instead of 32 s at niceness 0 (14.3 s on the idle machine)."""
     if "RAY_worker_niceness" in env or load < max(1.0, cpus / 2):
         return None
-    return (f"note: other processes keep this machine busy (load {load:.1f} on {cpus} CPUs): "
+    return (f"other processes keep this machine busy (load {load:.1f} on {cpus} CPUs): "
             "Ray runs trials at niceness 15, so unless those processes are nicer still, "
             "trials get only the CPU they leave; "
             "RAY_worker_niceness=0 in the environment gives them an equal share "

@@ -3,7 +3,7 @@ grouped, each group's metrics get a mean and a Student-t 95% interval, the loss 
 best settings are compared by Welch's t-test, and a sweep file's published values are
 checked against the same differences here (with the seeds a difference would need).
 
-Pure functions of trial views (`slotsweep.report.TrialView`: `config`, `metrics`,
+Pure functions of trial views (`slotsweep.reporting.report.TrialView`: `config`, `metrics`,
 `status`, `loss_type`, `relevant(key)`) and numbers; scipy is imported where it is used.
 """
 
@@ -15,7 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slotsweep.report import TrialView
+    from slotsweep.reporting.report import TrialView
 
 
 def fmt(v: Any) -> str:
@@ -107,7 +107,11 @@ def seeds_for_power(diff: float, xs: list[float], ys: list[float], *, power: flo
         df = var ** 2 / (quartic / (n - 1))  # Welch-Satterthwaite, n seeds per side
         nc = abs(diff) / math.sqrt(var / n)
         t = stats.t.ppf(1 - alpha / 2, df)
-        if stats.nct.sf(t, df, nc) + stats.nct.cdf(-t, df, nc) >= power:
+        # The far tail (a significant result of the wrong sign) can come back NaN from
+        # scipy's noncentral t when it is negligible (seen at df 1.5, nc 20 and df 4,
+        # nc 30, in different scipy releases): count it as the 0 it is.
+        wrong_sign = stats.nct.cdf(-t, df, nc)
+        if stats.nct.sf(t, df, nc) + (wrong_sign if math.isfinite(wrong_sign) else 0.0) >= power:
             return n
     return None
 
@@ -166,8 +170,10 @@ def published_comparison(groups: list[dict[str, Any]], published, metric: str,
                        "ci_a": None, "ci_b": None, "diff": None, "p": None,
                        "seeds_needed": None}
                 if xs:
+                    assert ga is not None  # xs is empty without a group
                     row["mean_a"], row["ci_a"] = ga["mean"][m], ga["ci"][m]
                 if ys:
+                    assert gb is not None
                     row["mean_b"], row["ci_b"] = gb["mean"][m], gb["ci"][m]
                 if len(xs) < 2 or len(ys) < 2:
                     row["verdict"] = "waiting for seeds"

@@ -17,3 +17,13 @@ def shipped(folder: str) -> Path:
     pip installs packages unpacked, so the resource root is a folder on disk; a Path lets
     sweep files name their base config relative to themselves (`../configs/x.yaml`)."""
     return Path(str(files(f"slotsweep.{folder}")))
+
+
+def sweep_folders() -> tuple[Path, Path]:
+    """Where a sweep's name is looked up: ./sweeps first, then the package's."""
+    return Path.cwd() / "sweeps", shipped("sweeps")
+
+
+def known_sweeps() -> list[str]:
+    """The sweep names that `slotsweep run NAME` finds."""
+    return sorted({p.stem for folder in sweep_folders() for p in folder.glob("*.yaml")})

@@ -25,10 +25,10 @@ import errno
 import fnmatch
 import functools
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ from ray.tune.search.optuna import OptunaSearch
 from slotsweep.config import ConfigError, TrialConfig
 from slotsweep.data.shards import MANIFEST, check_split, read_manifest
 from slotsweep.data.synthetic import ensure_synthetic
+from slotsweep.files import atomic_path, atomic_write
 from slotsweep.sweep_spec import VARIANT, Param, Sweep
 from slotsweep.tracking import TAG_TRIAL, SweepTracker, default_tracking_uri
 from slotsweep.trial import (
@@ -87,14 +88,15 @@ def _atomic_local_uploads() -> None:
                 continue
             target = dst if src.is_file() else dst / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            shutil.copyfile(file, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(file, tmp)
 
-    upload._slotsweep_atomic = True
+    # A marker on the patched function, so a second call does not wrap it again.
+    upload._slotsweep_atomic = True  # type: ignore[attr-defined]
     storage._upload_to_fs_path = upload
 
 
+log = logging.getLogger(__name__)
 OUTCOMES = ("finished", "stopped early", "failed")
 UNFINISHED = ("pending", "running", "paused")  # Tune's status of a trial a stop cut short
 
@@ -142,7 +144,7 @@ class OptunaSpace:
 
 
 def optuna_distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribution]:
-    out = {}
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
     for key, p in sweep.spec.search_space.items():
         kind = p.kind
         if kind in ("choice", "grid"):
@@ -153,6 +155,7 @@ def optuna_distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDis
                 out[key + "#"] = optuna.distributions.CategoricalDistribution(
                     list(range(len(values))))
         elif kind == "int":
+            assert p.int is not None  # p.kind names the distribution that is given
             out[key] = optuna.distributions.IntDistribution(*p.int)
         else:
             low, high = getattr(p, kind)
@@ -424,6 +427,7 @@ class SweepResult:
     experiment_id: str
     parent_run_id: str
     trials: list[TrialRecord] = field(default_factory=list)
+    planned: int = 0  # trials this run aimed for: --num-samples, else the sweep file's
 
     def best(self, metric: str, mode: str) -> TrialRecord | None:
         scored = [t for t in self.trials if math.isfinite(t.metrics.get(metric, math.nan))]
@@ -474,15 +478,21 @@ def _param_space(sweep: Sweep) -> dict[str, Any] | None:
     space = {}
     for key, p in sweep.spec.search_space.items():
         kind = p.kind
+        # p.kind names the one distribution given: the asserts below hold.
         if kind == "grid":
+            assert p.grid is not None
             space[key] = tune.grid_search(p.grid)
         elif kind == "choice":
+            assert p.choice is not None
             space[key] = tune.choice(p.choice)
         elif kind == "int":
+            assert p.int is not None
             space[key] = tune.randint(p.int[0], p.int[1] + 1)
         elif kind == "uniform":
+            assert p.uniform is not None
             space[key] = tune.uniform(*p.uniform)
         else:
+            assert p.loguniform is not None
             space[key] = tune.loguniform(*p.loguniform)
     return space
 
@@ -566,9 +576,9 @@ def discard_unrecorded(tracker: SweepTracker, instance: Path) -> list[str]:
             "which does not hold it"))
         discarded.append(trial_id)
     if discarded:
-        print(f"note: discarded the MLflow runs of {len(discarded)} trial(s) that Tune never "
-              f"recorded (their driver died within a second of their start): "
-              f"{', '.join(discarded)}", file=sys.stderr)
+        log.warning("discarded the MLflow runs of %d trial(s) that Tune never recorded "
+                    "(their driver died within a second of their start): %s",
+                    len(discarded), ", ".join(discarded))
     return discarded
 
 
@@ -648,9 +658,9 @@ def run_sweep(
     missing = total - len(prior)
     if missing > 0 and not stopped:  # a new sweep, or an extension (--num-samples)
         name = f"tune-{len(experiments_of(instance)):03d}"
-        (instance / f"{name}-plan.json").write_text(json.dumps({"trials": missing}))
+        atomic_write(instance / f"{name}-plan.json", json.dumps({"trials": missing}))
         if prior:  # what the extension's search is told, for the record
-            (instance / f"{name}-warm-start.json").write_text(json.dumps({
+            atomic_write(instance / f"{name}-warm-start.json", json.dumps({
                 "trial_ids": [r.trial_id for r in prior],
                 "values": [r.metrics.get(spec.search.metric) for r in prior],
             }))
@@ -685,7 +695,8 @@ def run_sweep(
                               else "failed", error=rec.error)
     if len(records) >= total:
         tracker.end_sweep()
-    return SweepResult(sweep.name, instance, uri, tracker.experiment_id, parent, records)
+    return SweepResult(sweep.name, instance, uri, tracker.experiment_id, parent, records,
+                       planned=total)
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> str:

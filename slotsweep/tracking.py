@@ -30,7 +30,24 @@ TAG_RETRIES = "slotsweep.retries"
 TAG_RETRY_ERROR = "slotsweep.retry_error"
 TAG_RESUMED_AT = "slotsweep.resumed_at"  # ms: when this driver took the trial over
 
+TAG_WORKDIR = "slotsweep.workdir"  # a single `slotsweep train` run: its checkpoint folder
+
 _TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+PAGE = 1000  # runs per search request; every search pages through all of them
+
+
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "",
+               **kwargs: Any) -> list:
+    """Every run that matches, however many: MLflow answers a page at a time."""
+    runs: list = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string,
+                                  max_results=PAGE, page_token=token, **kwargs)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:
@@ -70,6 +87,19 @@ def git_commit() -> str:
         return "unknown"
 
 
+def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
+    """The id of experiment `name`, created if it does not exist yet."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
+    return client.create_experiment(
+        name, artifact_location=location,
+        # MLflow 3's UI opens GenAI pages for an experiment of unknown kind.
+        tags={"mlflow.experimentKind": "custom_model_development"},
+    )
+
+
 class SweepTracker:
     """Idempotent MLflow bookkeeping for one sweep instance (safe to re-create)."""
 
@@ -98,24 +128,12 @@ class SweepTracker:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is not None:
-                self._experiment_id = found.experiment_id
-            else:
-                location = None
-                if self.artifact_root is not None:
-                    location = (self.artifact_root / self.experiment).resolve().as_uri()
-                self._experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=location,
-                    # MLflow 3's UI opens GenAI pages for an experiment of unknown kind.
-                    tags={"mlflow.experimentKind": "custom_model_development"},
-                )
+            self._experiment_id = experiment_id(self.client, self.experiment,
+                                                self.artifact_root)
         return self._experiment_id
 
     def _find(self, *tags: str) -> list:
-        query = " and ".join(tags)
-        return self.client.search_runs([self.experiment_id], filter_string=query,
-                                       max_results=1000)
+        return search_all(self.client, [self.experiment_id], " and ".join(tags))
 
     def parent_run(self) -> str:
         if self._parent is None:
@@ -227,6 +245,67 @@ class SweepTracker:
                           f"tags.`{TAG_ROLE}` = 'trial'")
 
 
+def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as MLflow params: {"loss.beta": 0.1, "model.num_slots": 7, ...}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+class RunTracker:
+    """MLflow for one `slotsweep train` run (no sweep, no Ray): one MLflow run per
+    workdir, found again by its tag when a rerun resumes from the workdir's checkpoint,
+    so a resumed run continues its MLflow run and logs no step twice. Its `report` is the
+    trainer's report callback."""
+
+    def __init__(self, uri: str, experiment: str, workdir: Path, *, name: str,
+                 params: dict[str, Any], config_yaml: str) -> None:
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = experiment_id(self.client, experiment)
+        workdir_tag = str(Path(workdir).resolve())
+        found = search_all(self.client, [self.experiment_id],
+                           f"tags.`{TAG_WORKDIR}` = '{workdir_tag}'")
+        if found:  # a rerun: MLflow params cannot change, so the params stay the first
+            # start's config, and config.yaml (rewritten below) is this start's
+            self.run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(self.run_id, status="RUNNING")
+            self.client.log_text(self.run_id, config_yaml, "config.yaml")
+        else:
+            self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                TAG_WORKDIR: workdir_tag, TAG_ROLE: "train", "git_commit": git_commit(),
+            }).info.run_id
+            batch = [Param(k, _param_value(v)) for k, v in params.items()]
+            for start in range(0, len(batch), 100):
+                self.client.log_batch(self.run_id, params=batch[start:start + 100])
+            self.client.log_text(self.run_id, config_yaml, "config.yaml")
+        history = self.client.get_metric_history(self.run_id, "step")
+        self.last_step = max((int(m.value) for m in history), default=-1)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        step = int(metrics.get("step", 0))
+        if step <= self.last_step:  # resumed: MLflow has this step already
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(float(v))]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 500])
+        self.last_step = step
+        picture = Path(checkpoint_dir) / "masks.png" if checkpoint_dir else None
+        if picture is not None and picture.is_file():
+            self.client.log_artifact(self.run_id, str(picture), f"masks/step-{step:08d}")
+
+    def end(self, status: str = "FINISHED") -> None:
+        """FINISHED, FAILED, or KILLED (interrupted: a rerun continues the run)."""
+        self.client.set_terminated(self.run_id, status=status)

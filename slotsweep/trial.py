@@ -19,8 +19,9 @@ from ray.tune import Checkpoint
 from slotsweep import checkpoint as ckpt
 from slotsweep.config import ConfigError
 from slotsweep.data.shards import ShardError
+from slotsweep.files import atomic_write
 from slotsweep.sweep_spec import Sweep
-from slotsweep.train import NonFiniteLossError, OutOfMemoryError, fit
+from slotsweep.training.loop import NonFiniteLossError, OutOfMemoryError, fit
 
 LEDGER = "ledger.jsonl"
 RESENT = "slotsweep/resent"  # a result sent again from the trial's checkpoint
@@ -82,7 +83,7 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
     except DETERMINISTIC as exc:
         message = f"{type(exc).__name__}: {exc}"
         workdir.mkdir(parents=True, exist_ok=True)
-        failed.write_text(json.dumps({"error": message}))
+        atomic_write(failed, json.dumps({"error": message}))
         raise TrialFailed(message) from None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
+from slotsweep.tracking import search_all
 from tests.conftest import TINY_MODEL
 
 
@@ -163,7 +164,7 @@ def check_one_finished_run_per_trial(storage: Path, trial_ids, steps: int):
 def mlflow_runs(storage: Path, sweep: str = "tiny"):
     client = MlflowClient(f"sqlite:///{storage / sweep / 'mlflow.db'}")
     exp = client.get_experiment_by_name(sweep)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    runs = search_all(client, [exp.experiment_id])
     trials = [r for r in runs if r.data.tags.get("slotsweep.role") == "trial"]
     parents = [r for r in runs if r.data.tags.get("slotsweep.role") == "sweep"]
     return client, parents, trials

@@ -81,7 +81,7 @@ def test_malformed_sweep_file(path, storage, tmp_path):
 def finished_run(tmp_path_factory, dsprites16):
     """A work directory with a finished training run in it (checkpoints and all)."""
     from slotsweep.config import build_config
-    from slotsweep.train import fit
+    from slotsweep.training.loop import fit
     from tests.conftest import TINY_MODEL
 
     workdir = tmp_path_factory.mktemp("finished-run")

@@ -77,3 +77,27 @@ def test_sweep_benchmark_smoke():
     low = 100 * ((sweep - 0.05) / (baseline + 0.05) - 1) - 0.5  # both printed to 0.1 s
     high = 100 * ((sweep + 0.05) / (baseline - 0.05) - 1) + 0.5
     assert low <= overhead <= high
+
+
+def test_tfrecord_benchmark_smoke():
+    """The reader is timed with both CRC32C implementations (the script first checks they
+    agree) and without verification; MB/s is the printed size over the printed time."""
+    out = smoke("tfrecord.py")
+    rows = table(out, "| reader |")
+    assert [r[0] for r in rows] == ["numpy CRC32C (before)", "google-crc32c (now)",
+                                    "no verification"]
+    for _, seconds, mb_s, ms_record in rows:
+        assert float(seconds) > 0 and float(mb_s) > 0
+        # seconds are printed to 1 ms: over 16 records, 0.03 ms of rounding
+        assert float(ms_record) == pytest.approx(float(seconds) / 16 * 1e3, rel=0.02, abs=0.04)
+
+
+def test_cli_benchmark_smoke():
+    """Every command's --help is timed beside the two baselines."""
+    rows = table(smoke("cli.py"), "| command |")
+    names = [r[0] for r in rows]
+    assert names[:2] == ["python -c pass (floor)", 'python -c "import torch" (before)']
+    assert {f"python -m slotsweep.{c} --help" for c in
+            ("run", "train", "prepare", "report", "probe")} <= set(names)
+    assert all(float(r[1]) > 0 for r in rows)
+

@@ -216,7 +216,7 @@ def test_prepare_coco_is_resumable_and_trainable(coco_dir, tmp_path):
     from slotsweep.data.features import create_encoder
     from slotsweep.data.shards import ShardDataset, read_manifest, verify
     from slotsweep.prepare import write_coco
-    from slotsweep.train import fit
+    from slotsweep.training.loop import fit
 
     enc = create_encoder("vit_base_patch16_224.dino", weights="random", img_size=32,
                          depth=2, embed_dim=32, num_heads=2)

@@ -240,7 +240,7 @@ def test_ensure_synthetic_can_write_the_validation_split_alone(tmp_path):
     def val_table(root, splits):
         data = DataConfig(train=str(root / "train"), val=str(root / "val"), synthetic=True,
                           synthetic_train=40, synthetic_val=12)
-        ensure_synthetic(data, resolution=16, log=None, workers=1, splits=splits)
+        ensure_synthetic(data, resolution=16, workers=1, splits=splits)
         assert (root / "train").exists() == ("train" in splits)
         files = sorted((root / "val").glob("shard-*.arrow"))
         return pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(f))).read_all()

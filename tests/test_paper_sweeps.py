@@ -18,7 +18,7 @@ from slotsweep.config import TrialConfig, build_config
 from slotsweep.data.features import add_features, create_encoder
 from slotsweep.run import first_params
 from slotsweep.sweep_spec import SWEEPS_DIR, Sweep, load_sweep
-from slotsweep.train import fit
+from slotsweep.training.loop import fit
 from tests.sweep_helpers import mlflow_runs, run
 
 SWEEPS = sorted(SWEEPS_DIR.glob("*.yaml"))

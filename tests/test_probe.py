@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from slotsweep.data.dsprites import generate
-from slotsweep.probe import ProbeData, match, run_probe
+from slotsweep.training.probe import ProbeData, match, run_probe
 
 
 def encoded(objects: np.ndarray, *, shuffle: bool, seed: int = 0) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_hungarian_matching_is_the_brute_force_optimum():
 def test_probe_cli_on_a_trained_checkpoint(tiny_config, tmp_path, capsys):
     from slotsweep import checkpoint
     from slotsweep.probe import main
-    from slotsweep.train import fit
+    from slotsweep.training.loop import fit
 
     fit(tiny_config(), workdir=tmp_path, log=None)
     last = checkpoint.latest(tmp_path / "checkpoints")
@@ -94,7 +94,7 @@ def test_probe_cli_on_a_trained_checkpoint(tiny_config, tmp_path, capsys):
 
 def test_probe_as_final_trial_step_reports_its_scores(tiny_config, tmp_path):
     """eval.probe: the last evaluation carries the probe's scores, earlier ones do not."""
-    from slotsweep.train import fit
+    from slotsweep.training.loop import fit
 
     reports = []
     config = tiny_config(eval={"probe": True, "probe_train_images": 48})

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from slotsweep.report import TrialView, param_figures
+from slotsweep.reporting.report import TrialView, param_figures
 from slotsweep.seeds import mean_ci, seeds_for_power
 from tests.browser import chromium, mlflow_server, require_chromium
 from tests.sweep_helpers import mlflow_runs, run, sweep_file
@@ -362,7 +362,7 @@ def test_variants_over_seeds_report_mean_and_interval(tmp_path, dsprites16):
 def test_seed_statistics_count_finished_trials_only():
     """A half-done seeded sweep: running and failed seeds are counted beside the finished
     ones, never averaged into them (they stand at another step, or at none)."""
-    from slotsweep.report import markdown
+    from slotsweep.reporting.report import markdown
     from slotsweep.seeds import seed_groups, seeds_label
 
     def trial(i, seed, fg, status="finished"):
@@ -396,7 +396,7 @@ def test_seed_statistics_count_finished_trials_only():
 def test_progress_counts_steps_trained_and_the_most_left_to_train():
     """Running and interrupted trials owe the rest of their steps, pending ones all of
     them; finished, early-stopped and failed trials owe nothing."""
-    from slotsweep.report import markdown, step_progress
+    from slotsweep.reporting.report import markdown, step_progress
 
     trials = []
     for i, (status, step) in enumerate([("finished", 40), ("stopped early", 10),
@@ -438,7 +438,7 @@ def test_time_to_go_runs_the_waiting_trials_as_slots_free_up():
     ones taking the first free place at the running trials' mean pace. A last trial that
     runs alone takes as long as it takes alone, not a share of the summed pace; a trial
     resumed too recently to have a pace of its own runs at the others'."""
-    from slotsweep.report import step_progress
+    from slotsweep.reporting.report import step_progress
 
     def trial(status, step, pace=None):
         t = _trial(f"t{step}{status}", "none", 1.0, 0.5)
@@ -468,7 +468,7 @@ def test_pace_is_wall_clock_steps_per_second_and_ignores_a_pause():
     not make the estimate absurd."""
     from mlflow.entities import Metric
 
-    from slotsweep.report import wall_pace
+    from slotsweep.reporting.report import wall_pace
 
     def history(*points):  # (step, seconds)
         return [Metric("val/fg_ari", 0.5, int(t * 1000), step) for step, t in points]
@@ -510,6 +510,10 @@ def test_seeds_for_power_matches_a_simulation_of_welchs_test():
     assert seeds_for_power(0.5, xs, ys) > n  # a smaller difference needs more seeds
     assert seeds_for_power(0.01, xs, ys) is None  # more than 100
     assert seeds_for_power(1.0, [0.5, 0.5], [0.2, 0.2]) is None  # no spread to judge by
+    # A huge difference at unequal spreads: 2 seeds (power ~1). scipy's noncentral t gives
+    # NaN for the wrong-sign tail here (df 1.55, nc 20); that NaN once made it say 3.
+    xs, ys = [0.0, 2 ** 0.5], [0.0, 0.6 ** 0.5]  # variances 1.0 and 0.3
+    assert seeds_for_power(20 * (1.3 / 2) ** 0.5, xs, ys) == 2
 
 
 def test_png_without_a_browser_says_what_to_install(tmp_path, monkeypatch):
@@ -544,7 +548,7 @@ def test_png_without_selenium_says_what_to_install(tmp_path):
 
 def test_markdown_writes_tiny_loss_terms_in_e_notation():
     """A covariance term near 1e-10 (the paper's Sec. 4.3.1) must not read as 0.000."""
-    from slotsweep.report import markdown
+    from slotsweep.reporting.report import markdown
 
     text = markdown({"sweep": "s", "instance": "run-001", "counts": {"finished": 4},
                      "seed_metrics": {"val/fg_ari": "FG-ARI",
@@ -564,7 +568,7 @@ def test_markdown_writes_tiny_loss_terms_in_e_notation():
 def test_published_differences_are_set_next_to_this_sweeps():
     """Each difference between two variants in the published values is compared, by
     direction and Welch's test over finished seeds, with the same difference here."""
-    from slotsweep.report import markdown
+    from slotsweep.reporting.report import markdown
     from slotsweep.seeds import published_comparison, seed_groups
     from slotsweep.sweep_spec import Published
 

@@ -198,6 +198,17 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_completes(tmp_path, dsprites16,
             assert resumed is None, r.data.tags
 
 
+def test_fewer_samples_than_the_file_is_a_complete_run(tmp_path, dsprites16):
+    # The file asks for 3; a run asked for 2 that finishes them is complete, not
+    # "interrupted" (it said "1 of 3 trials not finished" and exited 130).
+    path = sweep_file(tmp_path, dsprites16, search={"num_samples": 3, "max_concurrent": 1})
+    done = run(path, "--num-samples", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "not finished" not in done.stdout and "so far" not in done.stdout
+    assert "2 trials in" in done.stdout
+    check_consistent(tmp_path / "storage", 2)
+
+
 def test_extending_a_finished_sweep_runs_only_new_trials(tmp_path, dsprites16):
     path = sweep_file(tmp_path, dsprites16, search={"num_samples": 2, "max_concurrent": 1})
     assert run(path).returncode == 0

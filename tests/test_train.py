@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from slotsweep import checkpoint
 from slotsweep.batches import Batches
 from slotsweep.config import TrainConfig, build_config
 from slotsweep.data.shards import ShardDataset, ShardWriter
 from slotsweep.models import build_model
-from slotsweep.train import NonFiniteLossError, fit, get_lr, train_step
+from slotsweep.training.loop import NonFiniteLossError, fit, get_lr, train_step
 
 
 def crash_at(step: int):
@@ -176,25 +178,63 @@ def test_cli_trains_and_resumes(tiny_config, tmp_path):
     cmd = [sys.executable, "-m", "slotsweep.train", str(cfg_path), "--workdir",
            str(tmp_path / "run")]
     first = subprocess.run(cmd + ["train.steps=4"], capture_output=True, text=True, check=True)
-    assert "step 4/4" in first.stdout and "FG-ARI" in first.stdout
+    # Progress is logged (stderr); the summary line is the output (stdout).
+    assert "step 4/4" in first.stderr and "FG-ARI" in first.stderr
+    assert first.stdout.startswith("done: step 4/4")
     second = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert "resumed from" in second.stdout and "step 8/8" in second.stdout
+    assert "resumed from" in second.stderr and "step 8/8" in second.stderr
     # A finished run trains nothing more and says what it ended with.
-    done = second.stdout.splitlines()[-1]
+    (done,) = second.stdout.splitlines()
     third = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert third.stdout.splitlines() == [
-        f"resumed from {tmp_path / 'run' / 'checkpoints' / 'step-00000008'} at step 8", done]
+    assert third.stdout.splitlines() == [done]
+    assert third.stderr.splitlines() == [
+        f"resumed from {tmp_path / 'run' / 'checkpoints' / 'step-00000008'} at step 8"]
+    quiet = subprocess.run(cmd + ["-q"], capture_output=True, text=True, check=True)
+    assert quiet.stderr == "" and quiet.stdout.splitlines() == [done]
     bad = subprocess.run(cmd + ["loss.betta=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "loss.betta: unknown key" in bad.stderr
     (tmp_path / "a-file").write_text("")
     blocked = subprocess.run(cmd[:-1] + [str(tmp_path / "a-file" / "run")],
                              capture_output=True, text=True)
     assert blocked.returncode == 2 and "Traceback" not in blocked.stderr
-    assert blocked.stderr.startswith(f"error: {tmp_path / 'a-file' / 'run'}")
+    assert blocked.stderr.splitlines()[-1].startswith(f"error: {tmp_path / 'a-file' / 'run'}")
     if not torch.cuda.is_available():
         gpu = subprocess.run(cmd + ["train.device=cuda"], capture_output=True, text=True)
         assert gpu.returncode == 2 and "Traceback" not in gpu.stderr
         assert "train.device: 'cuda', but no CUDA device is visible" in gpu.stderr
+
+
+@pytest.mark.slow
+def test_cli_logs_one_mlflow_run_that_a_resumed_rerun_continues(tiny_config, tmp_path):
+    """--tracking-uri: every evaluation in one MLflow run with the config as params and
+    the mask pictures as artifacts; the rerun that resumes continues that run, no step
+    twice; without the option nothing is logged anywhere."""
+    from mlflow.tracking import MlflowClient
+
+    cfg_path = tmp_path / "trial.yaml"
+    cfg_path.write_text(tiny_config(eval={"every": 2, "max_images": 16}).to_yaml())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "slotsweep.train", str(cfg_path), "--workdir",
+           str(tmp_path / "run"), "--tracking-uri", uri, "--experiment", "single", "-q"]
+    first = subprocess.run(cmd + ["train.steps=4"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True)  # resumes to 8 steps
+    assert second.returncode == 0, second.stderr
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("single").experiment_id])
+    assert run.info.status == "FINISHED" and f"MLflow: run {run.info.run_id}" in second.stdout
+    # Params are the first start's config (MLflow's are immutable); config.yaml is the last
+    assert run.data.params["train.steps"] == "4" and run.data.params["model.num_slots"]
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(config).read_text())["train"]["steps"] == 8
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/fg_ari")]
+    assert steps == [2, 4, 6, 8]
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "masks")]
+    assert pictures == [f"masks/step-{s:08d}" for s in steps]
+    untracked = subprocess.run(cmd[:6] + ["-q"], capture_output=True, text=True,
+                               env={k: v for k, v in os.environ.items()
+                                    if k != "MLFLOW_TRACKING_URI"})
+    assert untracked.returncode == 0 and "MLflow" not in untracked.stdout
 
 
 # ---- the GPU code paths, run on the CPU (issue 9)
@@ -241,7 +281,7 @@ def test_compile_with_inductor_on_the_cpu(tiny_config, tmp_path):
 
 
 def test_adam_is_fused_on_cuda_only():
-    from slotsweep.train import make_optimizer
+    from slotsweep.training.loop import make_optimizer
 
     model = torch.nn.Linear(3, 3)
     assert make_optimizer(model, 1e-3, torch.device("cuda")).defaults["fused"] is True
@@ -268,7 +308,7 @@ def test_staged_training_continues_the_streamed_trajectory(tiny_config, tmp_path
 @pytest.mark.parametrize("stage", ["device", "stream"])
 def test_cuda_step_never_waits_for_the_device(tiny_config, stage):
     """Staged or pinned batches, fused Adam, loss sums on the device: no sync per step."""
-    from slotsweep.train import _Window, make_optimizer, training_batches
+    from slotsweep.training.loop import _Window, make_optimizer, training_batches
 
     cfg = tiny_config(train={"device": "cuda", "precision": "bf16"}, data={"stage": stage})
     device = torch.device("cuda")

@@ -91,14 +91,15 @@ def test_quickstart_and_its_report_run_from_the_wheel(wheel_python, tmp_path):
              "--set", "eval.every=4", "--set", "eval.max_images=16",
              "--set", "data.synthetic_train=64", "--set", "data.synthetic_val=16"]
     done = run_from(tmp_path, wheel_python, "-m", "slotsweep.run", "quickstart",
-                    "--address", "local", "--num-cpus", "2", "--quiet",
+                    "--address", "local", "--num-cpus", "2", "--quiet", "--num-samples", "2",
                     *short, *where)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "not finished" not in done.stdout
     client = MlflowClient(tracking)
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
     trials = [r for r in client.search_runs([experiment.experiment_id])
               if "val/fg_ari" in r.data.metrics]
-    assert len(trials) == 6  # the sweep file's num_samples
+    assert len(trials) == 2  # --num-samples, not the sweep file's 6
 
     report = run_from(tmp_path, wheel_python, "-m", "slotsweep.report", "quickstart",
                       "--out", str(tmp_path / "report.html"), *where)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
+from torch.utils.data import Dataset
 
 IGNORE_LABEL = -1
 
@@ -134,7 +135,7 @@ def _open_image(path: Path, info: dict, annotations_file: Path) -> Image.Image:
     return img.convert("RGB")  # grayscale and CMYK JPEGs exist in COCO
 
 
-class CocoImages:
+class CocoImages(Dataset[dict]):
     """Map-style view of a COCO split (usable by a DataLoader with decode workers).
 
     Item i is the i-th image in increasing image-id order, prepared as `iterate_coco`

@@ -6,6 +6,7 @@ rows 0..N-1, validation rows N..N+M-1), like the paper's "first 60,000, next 320
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -13,10 +14,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from filelock import FileLock
+from tqdm import tqdm
 
 from slotsweep.config import DataConfig
 from slotsweep.data import dsprites
 from slotsweep.data.shards import MANIFEST, ShardError, ShardWriter, read_manifest
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1024
 _POOL_MIN_CHUNKS = 16  # below this, starting the processes costs more than they save
@@ -64,7 +68,7 @@ def write_dsprites(
     start: int = 0,
     resolution: int = 64,
     rows_per_shard: int = 4096,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     workers: int = 1,
 ) -> Path:
     """Generate scenes start..start+num-1 into shards at `out`; resumes an interrupted run.
@@ -107,7 +111,7 @@ def _matches(path: Path, *, num: int, seed: int, start: int, resolution: int) ->
     return True
 
 
-def ensure_synthetic(data: DataConfig, *, resolution: int, log=print,
+def ensure_synthetic(data: DataConfig, *, resolution: int,
                      workers: int | None = None, splits: tuple[str, ...] = ("train", "val"),
                      ) -> None:
     """Make sure `data.train` and `data.val` (or only the `splits` named) hold the
@@ -130,7 +134,9 @@ def ensure_synthetic(data: DataConfig, *, resolution: int, log=print,
         with FileLock(os.fspath(path) + ".lock"):
             if _matches(path, **kw):
                 continue
-            if log:
-                log(f"generating {num} synthetic multi-dSprites scenes ({resolution}px) "
-                    f"into {path}")
-            write_dsprites(path, workers=workers, **kw)
+            log.info("generating %d synthetic multi-dSprites scenes (%dpx) into %s",
+                     num, resolution, path)
+            # A bar on a terminal only (disable=None): trial logs are not terminals.
+            with tqdm(total=num, desc=f"synthetic {path.name}", unit="scene",
+                      dynamic_ncols=True, disable=None) as bar:
+                write_dsprites(path, workers=workers, progress=bar.update, **kw)

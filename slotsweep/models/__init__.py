@@ -18,6 +18,7 @@ __all__ = ["SlotAttention", "SlotAutoencoder", "ProjectionHead", "build_model"]
 
 def build_model(model: ModelConfig, loss: LossConfig) -> SlotAutoencoder:
     """The one place that maps config to module keyword arguments."""
+    encoder: CNNEncoder | FeatureEncoder
     if model.encoder == "cnn":
         encoder = CNNEncoder(
             resolution=model.resolution, channels=model.encoder_channels,
@@ -35,6 +36,7 @@ def build_model(model: ModelConfig, loss: LossConfig) -> SlotAutoencoder:
     )
 
     mask_grid = None
+    decoder: BroadcastCNNDecoder | BroadcastMLPUpsampleDecoder | MLPPatchDecoder
     if model.decoder in ("broadcast_cnn", "broadcast_tconv"):
         decoder = BroadcastCNNDecoder(
             slot_size=model.slot_size, resolution=model.resolution,

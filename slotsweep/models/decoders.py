@@ -19,6 +19,8 @@ def combine(recons: torch.Tensor, alpha: torch.Tensor) -> dict[str, torch.Tensor
 class _BroadcastBase(nn.Module):
     """Spatial broadcast (Watters et al. 2019): tile each slot over a grid, add positions."""
 
+    pos: SoftPositionEmbed  # set by each subclass
+
     def broadcast(self, slots: torch.Tensor, size: int) -> torch.Tensor:
         batch, num_slots, dim = slots.shape
         x = slots.reshape(batch * num_slots, 1, 1, dim).expand(-1, size, size, -1)

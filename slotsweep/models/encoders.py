@@ -68,4 +68,6 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """`features` [B, N, feature_dim] (any float dtype) → [B, N, out_size]."""
-        return self.net(features.to(self.net[1].weight.dtype))
+        linear = self.net[1]
+        assert isinstance(linear, nn.Linear)  # built in __init__
+        return self.net(features.to(linear.weight.dtype))

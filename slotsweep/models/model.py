@@ -36,7 +36,9 @@ class SlotAutoencoder(nn.Module):
         slots, attn = self.slot_attention(tokens)  # (B, K, D), (B, K, N)
         out: dict[str, torch.Tensor | None] = dict(self.decoder(slots))
         if self.mask_grid is not None:  # token masks (B, K, N) → (B, K, g, g)
-            out["masks"] = out["masks"].unflatten(-1, (self.mask_grid, self.mask_grid))
+            masks = out["masks"]
+            assert masks is not None  # every decoder returns its masks
+            out["masks"] = masks.unflatten(-1, (self.mask_grid, self.mask_grid))
         out["slots"] = slots
         out["attn"] = attn
         out["projection"] = self.head(slots) if self.head is not None else None
