@@ -10,6 +10,7 @@ before any worker starts.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -126,7 +127,7 @@ class ModelConfig(_Section):
                 "eval_slot_init: 'fresh' draws noise, and slot_init 'queries' has none; "
                 "use 'mean'"
             )
-        grid = round(self.num_patches**0.5)
+        grid = math.isqrt(self.num_patches)  # exact for any int (a float overflows)
         if self.encoder == "features" and grid * grid != self.num_patches:
             raise ValueError(f"num_patches: {self.num_patches} is not a square token grid")
         if self.encoder_kernel % 2 == 0 or self.decoder_kernel % 2 == 0:
@@ -313,15 +314,28 @@ def _deepcopy(tree: Any) -> Any:
     return tree
 
 
+# A trial config is three levels deep and a sweep file five; anything far deeper, or an
+# alias that contains itself (infinitely deep), would exhaust the stack of the recursive
+# steps after loading, and aliases of aliases ("billion laughs") would exhaust the memory.
+_MAX_DEPTH = 64
+_MAX_VALUES = 100_000
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Load a YAML mapping; syntax errors and non-mappings name the file (and line)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte {raw[exc.start]:#04x} "
+                          f"at offset {exc.start}); save the file as UTF-8") from None
     try:
         data = yaml_load(text)
     except yaml.YAMLError as exc:
@@ -329,11 +343,36 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+    except ValueError as exc:  # a scalar the safe constructor cannot build: 2024-13-01, a
+        # 5000-digit integer
+        raise ConfigError(f"{path}: a value cannot be read: {str(exc).split(';')[0]}") from None
+    _check_size(data, path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _check_size(data: Any, path: Path) -> None:
+    """Refuse a tree deeper than _MAX_DEPTH (an alias inside itself is infinitely deep) or
+    holding more than _MAX_VALUES values once aliases are expanded; iterative, bounded."""
+    todo, seen = [(data, 0)], 0
+    while todo:
+        node, depth = todo.pop()
+        seen += 1
+        if depth > _MAX_DEPTH:
+            raise ConfigError(f"{path}: nested more than {_MAX_DEPTH} levels deep (or an "
+                              "alias refers to itself)")
+        if seen > _MAX_VALUES:
+            raise ConfigError(f"{path}: holds more than {_MAX_VALUES} values once its "
+                              "aliases are expanded")
+        if isinstance(node, dict):
+            todo.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            todo.extend((value, depth + 1) for value in node)
 
 
 def build_config(

@@ -44,7 +44,7 @@ from slotsweep.config import (
     known_keys,
     read_yaml,
 )
-from slotsweep.shipped import shipped
+from slotsweep.shipped import known_sweeps, shipped, sweep_folders
 
 SWEEPS_DIR = shipped("sweeps")
 CONFIGS_DIR = shipped("configs")
@@ -54,6 +54,7 @@ VARIANT = "variant"  # the search key of a sweep file's `variants`
 COMPARABLE_METRICS = ("val/fg_ari", "val/mbo", "val/stripe", "probe/shape_acc",
                       "probe/color_r2", "probe/scale_r2", "probe/x_r2", "probe/y_r2")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
+MAX_SEEDS = 1000  # a sweep file's `seeds`
 
 
 class _Section(BaseModel):
@@ -127,7 +128,7 @@ class Resources(_Section):
 
     @model_validator(mode="after")
     def _fractional(self) -> Resources:
-        if self.gpu > 1 and self.gpu != int(self.gpu):
+        if self.gpu > 1 and not self.gpu.is_integer():  # int(inf) would overflow
             raise ValueError(f"gpu: above 1 must be a whole number (got {self.gpu})")
         return self
 
@@ -195,7 +196,8 @@ class Sweep:
 
     def trial_config(self, params: dict[str, Any], *, seed: int | None = None) -> TrialConfig:
         """The one place that turns sampled parameters into a TrialConfig."""
-        overrides = dict(self.spec.variants.get(params.get(VARIANT), {}))
+        variant = params.get(VARIANT)
+        overrides = dict(self.spec.variants.get(variant, {})) if isinstance(variant, str) else {}
         overrides.update({k: v for k, v in params.items()
                           if k in self.spec.search_space and k != VARIANT})
         if seed is not None:
@@ -219,6 +221,7 @@ class Sweep:
         for it, and the base never changes. Callers get a copy."""
         if getattr(self, "_base_flat", None) is None:  # also for sweeps pickled before
             self._base_flat = build_config(self.base, source=str(self.path)).flat()
+        assert self._base_flat is not None
         return dict(self._base_flat)
 
 
@@ -227,31 +230,25 @@ def resolve(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         return path
-    for folder in _sweep_folders():
+    for folder in sweep_folders():
         if (folder / f"{name_or_path}.yaml").is_file():
             return folder / f"{name_or_path}.yaml"
     raise ConfigError(f"no sweep named {name_or_path!r} in sweeps/ "
                       f"(known: {', '.join(known_sweeps())})")
 
 
-def known_sweeps() -> list[str]:
-    """The names `resolve` finds."""
-    return sorted({p.stem for folder in _sweep_folders() for p in folder.glob("*.yaml")})
-
-
-def _sweep_folders() -> tuple[Path, Path]:
-    """Where a sweep's name is looked up: ./sweeps first, then the package's."""
-    return Path.cwd() / "sweeps", SWEEPS_DIR
-
-
 def _base_path(path: Path, base: str) -> Path:
     """A sweep file's `base`: a path relative to the sweep file, or the name of a shipped
     config (`base: quickstart`), so a user's own sweep can build on the packaged ones."""
-    candidate = (path.parent / base).resolve()
-    if candidate.is_file():
-        return candidate
-    if Path(base).name == base and (CONFIGS_DIR / f"{base}.yaml").is_file():
-        return CONFIGS_DIR / f"{base}.yaml"
+    try:
+        candidate = (path.parent / base).resolve()
+        if candidate.is_file():
+            return candidate
+        if Path(base).name == base and (CONFIGS_DIR / f"{base}.yaml").is_file():
+            return CONFIGS_DIR / f"{base}.yaml"
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{path}: base: {base[:80]!r} cannot name a file ({reason})") from None
     known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
     raise ConfigError(f"{path}: base: no such config file {candidate}, nor a shipped config "
                       f"of that name (known: {known})")
@@ -297,6 +294,9 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
             if cond not in keys and not (cond == VARIANT and spec.variants):
                 raise ConfigError(
                     f"{where}.when.{cond}: not a trial config key{_did_you_mean(cond, keys)}")
+            if allowed == []:
+                raise ConfigError(f"{where}.when.{cond}: lists no value, so {key} would never "
+                                  "be searched")
             if cond in spec.search_space and spec.search_space[cond].kind in ("choice", "grid"):
                 drawn = spec.search_space[cond].candidates()
                 never = [v for v in (allowed if isinstance(allowed, list) else [allowed])
@@ -344,6 +344,8 @@ def _expand_variants_and_seeds(spec: SweepFile, path: Path, keys, base_seed: int
         names = list(spec.variants)
         space = {VARIANT: Param(grid=names) if grid else Param(choice=names), **space}
     if spec.seeds > 1:
+        if spec.seeds > MAX_SEEDS:  # every seed is a trial, and a grid value checked here
+            raise ConfigError(f"{path}: seeds: {spec.seeds} is more than {MAX_SEEDS}")
         if not grid:
             raise ConfigError(f"{path}: seeds: repeating every configuration over seeds needs "
                               "search.algorithm: grid")
@@ -357,6 +359,7 @@ def _check_published(spec: SweepFile, path: Path) -> None:
     """Published values name variants of this file and metrics that trials report."""
     if not spec.variants:
         raise ConfigError(f"{path}: published: its values are per variant; give `variants`")
+    assert spec.published is not None  # the caller checks
     for name, metrics in spec.published.values.items():
         if name not in spec.variants:
             raise ConfigError(f"{path}: published.values.{name}: not a variant "

@@ -18,23 +18,25 @@ The manifest (JSON, no pickle anywhere)::
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import operator
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch.utils.data import Dataset
+
+from slotsweep.files import atomic_path, atomic_write, sha256_file, stale_temporaries
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
-_TMP = ".tmp"
 # Fixed-width numeric types only: Arrow packs booleans into bits, which numpy cannot
 # view without a copy (store masks as uint8).
 _DTYPES = frozenset(
@@ -55,26 +57,8 @@ def shard_name(index: int) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
-    tmp = path.with_name(path.name + _TMP)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 23):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _schema(columns: Mapping[str, Mapping[str, Any]]) -> pa.Schema:
@@ -187,7 +171,7 @@ class ShardWriter:
         self._closed = False
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.out_dir.glob("*" + _TMP):  # left behind by a crash mid-write
+        for stale in stale_temporaries(self.out_dir):  # left behind by a crash mid-write
             stale.unlink()
         if resume:
             self._resume()
@@ -225,6 +209,7 @@ class ShardWriter:
             self.columns = self._infer_columns(arrays, where)
         self._check_batch(arrays, where)
         num_rows = next(iter(lengths.values()))
+        assert num_rows is not None  # every column has a row axis: checked above
         if num_rows == 0:
             return
         # Copy: the producer may reuse its buffers for the next batch.
@@ -249,7 +234,7 @@ class ShardWriter:
             "shards": self.completed_shards,
             "attributes": self.attributes,
         }
-        _atomic_write(self.out_dir / MANIFEST, _json_bytes(manifest))
+        atomic_write(self.out_dir / MANIFEST, _json_bytes(manifest))
         (self.out_dir / PROGRESS).unlink(missing_ok=True)
         self._closed = True
 
@@ -314,18 +299,15 @@ class ShardWriter:
 
         name = shard_name(len(self.completed_shards))
         path = self.out_dir / name
-        tmp = path.with_name(name + _TMP)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            writer.write_batch(batch)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        entry = {
-            "file": name,
-            "num_rows": batch.num_rows,
-            "sha256": _sha256(tmp),
-            "bytes": tmp.stat().st_size,
-        }
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                writer.write_batch(batch)
+            entry = {
+                "file": name,
+                "num_rows": batch.num_rows,
+                "sha256": sha256_file(tmp),
+                "bytes": tmp.stat().st_size,
+            }
         self.completed_shards.append(entry)
         progress = {
             "schema_version": SCHEMA_VERSION,
@@ -334,7 +316,7 @@ class ShardWriter:
             "shards": self.completed_shards,
             "attributes": self.attributes,
         }
-        _atomic_write(self.out_dir / PROGRESS, _json_bytes(progress))
+        atomic_write(self.out_dir / PROGRESS, _json_bytes(progress))
 
     def _require_empty(self) -> None:
         existing = [p.name for p in self.out_dir.iterdir() if p.name in (MANIFEST, PROGRESS)]
@@ -404,8 +386,81 @@ class ShardWriter:
 # --------------------------------------------------------------------------- reading
 
 
+# Bounds of what Arrow and numpy can hold: a count of rows or bytes is an int64, a row's
+# values one fixed-size list (int32 long); beyond them the readers would overflow.
+_MAX_COUNT = 2**63 - 1
+_MAX_ROW_VALUES = 2**31 - 1
+Count = Annotated[int, Field(ge=0, le=_MAX_COUNT)]
+
+
+class ColumnSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    dtype: Literal[tuple(sorted(_DTYPES))]  # type: ignore[valid-type]
+    shape: list[Annotated[int, Field(ge=0)]]
+
+    @model_validator(mode="after")
+    def _fits_a_list(self) -> ColumnSpec:
+        if math.prod(self.shape) > _MAX_ROW_VALUES:
+            raise ValueError(f"shape: {self.shape} is more values per row than an Arrow "
+                             f"list holds ({_MAX_ROW_VALUES})")
+        return self
+
+
+class ShardEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    file: str
+    num_rows: Count
+    sha256: str
+    bytes: Count
+
+    @field_validator("file")
+    @classmethod
+    def _a_name_in_the_split(cls, name: str) -> str:
+        if not name or Path(name).name != name:
+            raise ValueError(f"must be a file name inside the split, got {name!r}")
+        if len(name.encode("utf-8", "surrogatepass")) > 255:  # NAME_MAX: stat would fail
+            raise ValueError(f"is longer than a file name can be (255 bytes), got {name[:40]!r}...")
+        return name
+
+
+class Manifest(BaseModel):
+    """``manifest.json`` of a split (the module docstring shows one)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    schema_version: int
+    num_rows: Count
+    columns: dict[str, ColumnSpec]
+    shards: list[ShardEntry]
+    attributes: dict[str, Any]
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version is {version!r}, this slotsweep reads "
+                             f"{SCHEMA_VERSION}")
+        return version
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        for name in self.columns:  # JSON can spell a lone surrogate; Arrow names are UTF-8
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"columns: column name {name!r} is not UTF-8 text") from None
+        id_column = self.columns.get("id")
+        if id_column is None or (id_column.dtype, id_column.shape) != ("int64", []):
+            raise ValueError("columns.id: column 'id' (int64, shape []) is required")
+        total = sum(entry.num_rows for entry in self.shards)
+        if total != self.num_rows:
+            raise ValueError(f"num_rows: shards hold {total} rows, num_rows says "
+                             f"{self.num_rows}")
+        return self
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and validate ``manifest.json`` of a split (``path``: the directory or the file)."""
+    """Load and validate ``manifest.json`` of a split (``path``: the directory or the file);
+    a plain dict, as written, for the readers' fast paths."""
     path = Path(path)
     file = path if path.name == MANIFEST else path / MANIFEST
     if not file.is_file():
@@ -416,49 +471,19 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         )
         raise ShardError(f"{file}: no manifest; {hint}")
     try:
-        manifest = json.loads(file.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ShardError(f"{file}: not valid JSON ({err}); re-run prepare") from err
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ShardError(f"{file}: not valid JSON ({str(err)[:200]}); re-run prepare") from err
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{file}: top level must be a JSON object; re-run prepare for this "
+                         "split")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        from slotsweep.config import format_validation_error
 
-    def require(condition: bool, what: str) -> None:
-        if not condition:
-            raise ShardError(f"{file}: {what}; re-run prepare for this split")
-
-    require(isinstance(manifest, dict), "top level must be a JSON object")
-    version = manifest.get("schema_version")
-    require(
-        version == SCHEMA_VERSION,
-        f"schema_version is {version!r}, this slotsweep reads {SCHEMA_VERSION}",
-    )
-    for key, kind in [("num_rows", int), ("columns", dict), ("shards", list), ("attributes", dict)]:
-        require(isinstance(manifest.get(key), kind), f"{key!r} must be a {kind.__name__}")
-    for name, spec in manifest["columns"].items():
-        require(
-            isinstance(spec, dict)
-            and spec.get("dtype") in _DTYPES
-            and isinstance(spec.get("shape"), list)
-            and all(isinstance(d, int) and d >= 0 for d in spec["shape"]),
-            f"column {name!r} needs a dtype from {sorted(_DTYPES)} and a list shape, got {spec}",
-        )
-    require(
-        manifest["columns"].get("id") == {"dtype": "int64", "shape": []},
-        "column 'id' (int64, shape []) is required",
-    )
-    for index, entry in enumerate(manifest["shards"]):
-        require(
-            isinstance(entry, dict)
-            and isinstance(entry.get("file"), str)
-            and Path(entry["file"]).name == entry["file"]
-            and isinstance(entry.get("num_rows"), int)
-            and isinstance(entry.get("sha256"), str)
-            and isinstance(entry.get("bytes"), int),
-            f"shards[{index}] needs file, num_rows, sha256 and bytes, got {entry}",
-        )
-    total = sum(entry["num_rows"] for entry in manifest["shards"])
-    require(
-        total == manifest["num_rows"],
-        f"shards hold {total} rows, num_rows says {manifest['num_rows']}",
-    )
+        problems = format_validation_error(exc, str(file), Manifest).replace("\n", "; ")
+        raise ShardError(f"{problems}; re-run prepare for this split") from None
     return manifest
 
 
@@ -475,7 +500,7 @@ def _verify_shard(
             f"{where} has {size} bytes, the manifest says {entry['bytes']} (truncated or "
             "replaced); copy the split again or re-run prepare"
         )
-    if _sha256(path) != entry["sha256"]:
+    if sha256_file(path) != entry["sha256"]:
         raise ShardError(
             f"{where} fails its sha256 check (corrupt); copy the split again or re-run prepare"
         )
@@ -596,15 +621,18 @@ class ShardDataset(Dataset):
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"indices out of range for {len(self)} rows in {self.path}")
         specs = self.manifest["columns"]
+        shard_of = np.searchsorted(self._offsets, idx, side="right") - 1  # (len(idx),)
+        # Open (and check against the manifest) every shard touched before allocating the
+        # output, so a manifest's row shape is never trusted alone.
+        views = {int(k): self._shard_views(int(k)) for k in np.unique(shard_of)}
         out = {
             name: np.empty((idx.size, *specs[name]["shape"]), dtype=specs[name]["dtype"])
             for name in self.columns
         }
-        shard_of = np.searchsorted(self._offsets, idx, side="right") - 1  # (len(idx),)
-        for k in np.unique(shard_of):
+        for k, shard in views.items():
             positions = np.flatnonzero(shard_of == k)
             rows = idx[positions] - self._offsets[k]
-            for name, view in self._shard_views(int(k)).items():
+            for name, view in shard.items():
                 out[name][positions] = view[rows]
         return out
 
