@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from slotsweep import __version__
@@ -42,6 +43,16 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                         help="fewer messages: warnings and errors only (-qq: errors only)")
     parser.add_argument("-V", "--version", action="version", version=version_line(),
                         help="print the version and exit")
+
+
+def add_sweep_storage_options(parser: argparse.ArgumentParser) -> None:
+    """Where a sweep's state and its MLflow runs are: the same for `run` and `report`."""
+    parser.add_argument("--storage", default=os.environ.get("SLOTSWEEP_STORAGE"),
+                        help="the sweeps' storage directory (default: $SLOTSWEEP_STORAGE, "
+                             "else the sweep file's storage)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                             "sweep file's tracking.uri, else sqlite in the sweep's storage)")
 
 
 def version_line() -> str:

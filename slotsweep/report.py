@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from slotsweep.cli import add_common_options, setup_logging
+from slotsweep.cli import add_common_options, add_sweep_storage_options, setup_logging
 
 # Nothing above imports MLflow, torch or plotly: `--help` answers at once.
 
@@ -28,12 +28,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="a name in sweeps/ or a path to a sweep YAML")
     p.add_argument("--out", help="HTML file (default: dashboards/reports/NAME.html)")
-    p.add_argument("--storage", default=os.environ.get("SLOTSWEEP_STORAGE"),
-                   help="the sweeps' storage directory (default: $SLOTSWEEP_STORAGE, else "
-                        "the sweep file's storage)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the sweep "
-                        "file's tracking.uri, else sqlite in the sweep's storage)")
+    add_sweep_storage_options(p)
     p.add_argument("--instance", help="a sweep instance, e.g. run-001 (default: the latest)")
     p.add_argument("--all-instances", action="store_true",
                    help="every instance of the sweep (--fresh starts a new one) in one page")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slotsweep.cli import add_common_options, positive_int, setup_logging
+from slotsweep.cli import add_common_options, add_sweep_storage_options, positive_int, setup_logging
 from slotsweep.shipped import known_sweeps
 
 if TYPE_CHECKING:
@@ -36,12 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the base trial config, e.g. --set train.steps=200")
     p.add_argument("--num-samples", type=positive_int, help="total trials (raise it to extend)")
-    p.add_argument("--storage", default=os.environ.get("SLOTSWEEP_STORAGE"),
-                   help="storage directory (default: $SLOTSWEEP_STORAGE, else the sweep "
-                        "file's storage)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the sweep "
-                        "file's tracking.uri, else sqlite in the sweep's storage)")
+    add_sweep_storage_options(p)
     p.add_argument("--address", help="Ray: auto | local | ray://host:port | host:port "
                                      "(default: $RAY_ADDRESS, else the cluster `ray start` began "
                                      "here, else a new local instance; another sweep's "
