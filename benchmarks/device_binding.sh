@@ -10,7 +10,7 @@
 #    sprites kept whole at every evaluation), baselines, by-object table, margins and
 #    mask picture (benchmarks/learning.py --report-only). Curves, logs, reports and the
 #    latest checkpoint per run land in $OUT/learn.tar.gz.
-# The runs (BENCHMARKS.md, "Learning"), with the decoder each uses:
+# The runs (docs/binding.md), with the decoder each uses:
 #   G: the paper's recipe with the authors' model (configs/dsprites_slot_attention.yaml:
 #      transposed-convolution decoder as wide as the slot, mu ~ N(0, 1), log sigma ~
 #      U[0, 1), fresh seeded eval noise per image), fp32 as the authors ran it, evaluated
