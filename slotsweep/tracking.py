@@ -100,6 +100,29 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = 
     )
 
 
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Params in batches of 100 (MLflow's limit per request)."""
+    batch = [Param(k, _param_value(v)) for k, v in params.items()]
+    for start in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[start:start + 100])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], *, step: int,
+                 timestamp_ms: int) -> None:
+    """The finite numbers of `metrics` at `step`, in batches of 500."""
+    batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)
+             and math.isfinite(float(v))]
+    for start in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[start:start + 500])
+
+
+def _logged_step(client: MlflowClient, run_id: str) -> int:
+    """The last step MLflow holds for a run (-1: none), read from its `step` metric."""
+    history = client.get_metric_history(run_id, "step")
+    return max((int(m.value) for m in history), default=-1)
+
+
 class SweepTracker:
     """Idempotent MLflow bookkeeping for one sweep instance (safe to re-create)."""
 
@@ -174,17 +197,14 @@ class SweepTracker:
                         **tags}
             run_id = self.client.create_run(self.experiment_id, run_name=name,
                                             tags=all_tags).info.run_id
-            batch = [Param(k, _param_value(v)) for k, v in params.items()]
-            for start in range(0, len(batch), 100):
-                self.client.log_batch(run_id, params=batch[start:start + 100])
+            _log_params(self.client, run_id, params)
             self.client.log_text(run_id, config_yaml, "config.yaml")
         self._runs[trial_id] = run_id
         return run_id
 
     def last_step(self, run_id: str) -> int:
         if run_id not in self._last_step:
-            history = self.client.get_metric_history(run_id, "step")
-            self._last_step[run_id] = max((int(m.value) for m in history), default=-1)
+            self._last_step[run_id] = _logged_step(self.client, run_id)
         return self._last_step[run_id]
 
     def log_result(self, run_id: str, metrics: dict[str, Any], *, step: int,
@@ -192,11 +212,7 @@ class SweepTracker:
         """Log one evaluation's metrics at `step` unless MLflow already has that step."""
         if step <= self.last_step(run_id):
             return False
-        batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(float(v))]
-        for start in range(0, len(batch), 500):
-            self.client.log_batch(run_id, metrics=batch[start:start + 500])
+        _log_metrics(self.client, run_id, metrics, step=step, timestamp_ms=timestamp_ms)
         self._last_step[run_id] = step
         return True
 
@@ -245,17 +261,6 @@ class SweepTracker:
                           f"tags.`{TAG_ROLE}` = 'trial'")
 
 
-def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config as MLflow params: {"loss.beta": 0.1, "model.num_slots": 7, ...}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
@@ -284,23 +289,16 @@ class RunTracker:
             self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
                 TAG_WORKDIR: workdir_tag, TAG_ROLE: "train", "git_commit": git_commit(),
             }).info.run_id
-            batch = [Param(k, _param_value(v)) for k, v in params.items()]
-            for start in range(0, len(batch), 100):
-                self.client.log_batch(self.run_id, params=batch[start:start + 100])
+            _log_params(self.client, self.run_id, params)
             self.client.log_text(self.run_id, config_yaml, "config.yaml")
-        history = self.client.get_metric_history(self.run_id, "step")
-        self.last_step = max((int(m.value) for m in history), default=-1)
+        self.last_step = _logged_step(self.client, self.run_id)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         step = int(metrics.get("step", 0))
         if step <= self.last_step:  # resumed: MLflow has this step already
             return
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(float(v))]
-        for start in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[start:start + 500])
+        _log_metrics(self.client, self.run_id, metrics, step=step,
+                     timestamp_ms=int(time.time() * 1000))
         self.last_step = step
         picture = Path(checkpoint_dir) / "masks.png" if checkpoint_dir else None
         if picture is not None and picture.is_file():

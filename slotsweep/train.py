@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tracker(args, config, workdir: Path):
-    from slotsweep.tracking import RunTracker, check_tracking_server, flat_params
+    from slotsweep.tracking import RunTracker, check_tracking_server
 
     check_tracking_server(args.tracking_uri)
     return RunTracker(args.tracking_uri, args.experiment or Path(args.config).stem, workdir,
-                      name=workdir.name, params=flat_params(config.model_dump(mode="json")),
+                      name=workdir.name, params=config.flat(),
                       config_yaml=config.to_yaml())
 
 

@@ -108,3 +108,12 @@ def test_quiet_and_verbose_set_the_slotsweep_loggers(capsys):
         log.warning("w")
         out, err = capsys.readouterr()
         assert out == "" and err.splitlines() == shown, verbosity
+
+
+def test_prepare_names_the_manifest_as_the_shards_do():
+    """prepare spells the manifest's file name itself, so that its --help needs no torch
+    (slotsweep.data.shards imports it): the two must stay one name."""
+    from slotsweep import prepare
+    from slotsweep.data import shards
+
+    assert prepare.MANIFEST == shards.MANIFEST
