@@ -28,7 +28,7 @@
 # PRECISION (default bf16) is train.precision for runs that do not fix their own (G: fp32).
 # EXTRA adds overrides to every run's training, e.g. EXTRA=train.compile=true.
 # SMOKE=1 runs the same path on the CPU in about two minutes, with tiny data and a few
-# steps per run (tests/test_device_script.py); GPU_SECONDS and TRAIN_SECONDS still apply.
+# steps per run (tests/e2e/test_gpu_bench.py); GPU_SECONDS and TRAIN_SECONDS still apply.
 # Needs pydantic's wheels in .whl/ where the machine lacks them (device README).
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
@@ -94,7 +94,7 @@ steps_for() {  # smoke: the resumed step + 2, else the config's own
 $PY -c "
 import sys
 from slotsweep.config import load_config
-from slotsweep.data.synthetic import ensure_synthetic
+from slotsweep.data.sources.synthetic import ensure_synthetic
 for name in sorted(set(sys.argv[1:])):
     c = load_config(name, '''$SMOKE_ARGS'''.split()); ensure_synthetic(c.data, resolution=c.model.resolution)
 " $(for run in $RUNS; do echo "${CONFIG[$run]}"; done) > "$W/data.log" 2>&1 &

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import by_object_count  # noqa: E402
 
 from slotsweep.config import load_config  # noqa: E402
-from slotsweep.data.synthetic import ensure_synthetic  # noqa: E402
+from slotsweep.data.sources.synthetic import ensure_synthetic
 
 
 def variants(config) -> list[tuple[str, dict, float]]:

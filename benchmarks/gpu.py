@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from slotsweep.batches import Batches, free_device_bytes, stage_on_device
 from slotsweep.config import TrialConfig, load_config
-from slotsweep.data.shards import ShardWriter
-from slotsweep.data.synthetic import write_dsprites
+from slotsweep.data.batches import Batches, free_device_bytes, stage_on_device
+from slotsweep.data.sources.synthetic import write_dsprites
+from slotsweep.data.writer import ShardWriter
 from slotsweep.models import build_model
 from slotsweep.training.loop import make_optimizer, seed_everything, train_step, training_batches
 

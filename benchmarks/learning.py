@@ -30,20 +30,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from slotsweep import checkpoint
-from slotsweep.baselines import (
+from slotsweep.config import load_config
+from slotsweep.data.batches import Batches, to_model_inputs
+from slotsweep.data.sources.synthetic import ensure_synthetic
+from slotsweep.metrics.baselines import (
     block_masks,
     flat_reconstruction_loss,
     margins,
     trivial_baselines,
 )
-from slotsweep.batches import Batches, to_model_inputs
-from slotsweep.config import load_config
-from slotsweep.data.synthetic import ensure_synthetic
-from slotsweep.metrics import object_metrics
+from slotsweep.metrics.scores import object_metrics
 from slotsweep.models import build_model
-from slotsweep.pictures import palette
+from slotsweep.training import checkpoint
 from slotsweep.training.loop import fit, pick_device, progress_line
+from slotsweep.training.pictures import palette
 
 
 def read_curve(path: Path) -> list[dict]:

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from slotsweep.batches import Batches
-from slotsweep.data.shards import ShardDataset, ShardWriter
+from slotsweep.data.batches import Batches
+from slotsweep.data.reader import ShardDataset
+from slotsweep.data.writer import ShardWriter
 
 TOKENS, DIM = 196, 768
 

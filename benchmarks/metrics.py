@@ -1,4 +1,4 @@
-"""Time `slotsweep.metrics.fg_ari` against a per-image loop over sklearn's adjusted_rand_score.
+"""Time `slotsweep.metrics.scores.fg_ari` against a per-image loop over sklearn's ARI.
 
 64 images of 320x320 with 7 slots, the pred masks either at full resolution or on DINOSAUR's
 14x14 patch grid (upsampled bilinearly inside `fg_ari`). The baseline gets the argmax labels
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score
 
-from slotsweep.metrics import fg_ari
+from slotsweep.metrics.scores import fg_ari
 
 BATCH, NUM_SLOTS, SIZE, PATCH_GRID, NUM_OBJECTS = 64, 7, 320, 14, 6
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from slotsweep.batches import to_model_inputs
 from slotsweep.config import load_config
+from slotsweep.data.batches import to_model_inputs
 from slotsweep.losses import compute_losses
 from slotsweep.models import build_model
 from slotsweep.training.loop import train_step

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from slotsweep.data.synthetic import write_dsprites
+from slotsweep.data.sources.synthetic import write_dsprites
 
 
 def sweep_yaml(root: Path, data: Path, trials: int, steps: int, every: int) -> Path:
@@ -82,8 +82,9 @@ def main() -> None:
 
         import ray
 
-        from slotsweep.sweep import connect, run_sweep
-        from slotsweep.sweep_spec import load_sweep
+        from slotsweep.sweep.cluster import connect
+        from slotsweep.sweep.driver import run_sweep
+        from slotsweep.sweep.load import load_sweep
 
         sweep = load_sweep(str(sweep_yaml(root, data, args.trials, args.steps, args.eval_every)))
         t0 = time.perf_counter()

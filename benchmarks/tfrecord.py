@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.tfrecords
 
-from slotsweep.data import tfrecord  # noqa: E402
-from tests.tfrecords import encode_example, write_tfrecord  # noqa: E402
+from slotsweep.data.sources import tfrecord
+from tests.support.tfrecords import encode_example, write_tfrecord  # noqa: E402
 
 # ----------------------------------------------------------- the numpy baseline
 _POLY = 0x82F63B78  # Castagnoli, bit-reversed

@@ -13,14 +13,13 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from slotsweep.cli import add_common_options, positive_int, setup_logging
+from slotsweep.data import datasets
 
 # Nothing above imports torch: `--help` and a usage error answer at once. The data code
-# (torch, Arrow, timm) is imported by the subcommand that needs it.
+# (torch, Arrow, timm) is imported by the dataset's function when it runs.
 log = logging.getLogger("slotsweep.prepare")
-MANIFEST = "manifest.json"  # slotsweep.data.shards.MANIFEST, without importing torch
 DEFAULT_ENCODER = "vit_base_patch16_224.dino"
 
 
@@ -28,134 +27,6 @@ def _bar(**kwargs):
     from tqdm import tqdm
 
     return tqdm(unit="img", dynamic_ncols=True, **kwargs)
-
-
-def _exists(path: str, what: str, *, folder: bool = False) -> None:
-    """Inputs are checked before anything slow starts (weights, a progress bar)."""
-    ok = Path(path).is_dir() if folder else Path(path).is_file()
-    if not ok:
-        raise FileNotFoundError(f"{path}: no such {'folder' if folder else 'file'} ({what})")
-
-
-def _device(name: str | None) -> str:
-    """--device, or cuda when a GPU is visible (asked only when the subcommand runs)."""
-    if name:
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _dsprites(args: argparse.Namespace) -> None:
-    from slotsweep.data.synthetic import default_workers, write_dsprites
-
-    splits = [("train", args.train, 0), ("val", args.val, args.train)]
-    for name, num, start in splits:
-        out = Path(args.out) / name
-        if (out / MANIFEST).is_file():
-            print(f"{out}: already complete, nothing to do")
-            continue
-        with _bar(total=num, desc=f"dsprites {name}") as bar:
-            write_dsprites(
-                out, num=num, seed=args.seed, start=start, resolution=args.resolution,
-                rows_per_shard=args.rows_per_shard, progress=bar.update,
-                workers=args.workers or default_workers(),
-            )
-        print(f"{out}: {num} scenes at {args.resolution}x{args.resolution}")
-
-
-def _features(args: argparse.Namespace) -> None:
-    from slotsweep.data.features import add_features, create_encoder
-    from slotsweep.data.shards import ShardDataset
-
-    total = len(ShardDataset(args.input))  # a bad --in fails before any weights load
-    encoder = create_encoder(args.encoder, weights=args.weights, block=args.block)
-    out = args.out or f"{args.input.rstrip('/')}-{args.encoder.replace('/', '_')}"
-    with _bar(total=total, desc=f"{args.encoder} tokens") as bar:
-        add_features(args.input, out, encoder, batch_size=args.batch_size,
-                     device=_device(args.device), progress=bar.update)
-    print(f"{out}: {total} rows, tokens {list(encoder.grid)} x {encoder.dim} (float16)")
-
-
-def _stack(rows: list[dict]) -> dict:
-    import numpy as np
-
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def write_coco(images: str, annotations: str, out: str | Path, encoder, *,
-               batch_size: int = 64, device: str = "cpu", target_size: int = 128,
-               rows_per_shard: int = 1024, workers: int = 0, progress=None,
-               total=None) -> Path:
-    """COCO images → shards of tokens (frozen ViT), target images and label maps.
-
-    JPEG decoding and label maps run in `workers` DataLoader processes while the encoder
-    runs batches on `device`. Resumable: a rerun skips the complete shards' images.
-    `total(n)` is told the number of images once the annotations are read, then
-    `progress(k)` after every k images (the complete shards' first, on a resume).
-    """
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from slotsweep.data.coco import CocoImages
-    from slotsweep.data.features import extract_tokens
-    from slotsweep.data.shards import ShardWriter
-
-    dataset = CocoImages(images, annotations, image_size=encoder.image_size,
-                         target_size=target_size)
-    attributes = {"dataset": "coco", "annotations": Path(annotations).name,
-                  "image_size": target_size, "mask_geometry": "short side 320, centre crop",
-                  "encoder_geometry": f"short side {encoder.image_size}, centre crop",
-                  **encoder.attributes()}
-    if total:
-        total(len(dataset))
-    with ShardWriter(out, rows_per_shard=rows_per_shard, attributes=attributes,
-                     resume=True) as writer:
-        if progress:
-            progress(writer.rows_done)
-        todo = Subset(dataset, range(writer.rows_done, len(dataset)))
-        loader = DataLoader(todo, batch_size=batch_size, num_workers=workers,
-                            collate_fn=_stack, pin_memory=torch.cuda.is_available())
-        for columns in loader:
-            vit = columns.pop("image_vit")
-            columns["features"] = extract_tokens(encoder, vit, device=device,
-                                                 autocast=device != "cpu")
-            writer.write(columns)
-            if progress:
-                progress(len(columns["id"]))
-    return Path(out)
-
-
-def _coco(args: argparse.Namespace) -> None:
-    from slotsweep.data.features import create_encoder, finished_with
-
-    _exists(args.images, "--images (the split's JPEG files)", folder=True)
-    _exists(args.annotations, "--annotations (instances_*.json)")
-    encoder = create_encoder(args.encoder, weights=args.weights, block=args.block)
-    out = Path(args.out)
-    if finished_with(out, encoder):  # refuses another encoder's output directory
-        print(f"{out}: already complete, nothing to do")
-        return
-    with _bar(desc="coco") as bar:
-        write_coco(args.images, args.annotations, out, encoder, batch_size=args.batch_size,
-                   device=_device(args.device), target_size=args.target_size,
-                   rows_per_shard=args.rows_per_shard, workers=args.workers,
-                   progress=bar.update, total=lambda n: bar.reset(total=n))
-    print(f"{out}: tokens {list(encoder.grid)} x {encoder.dim}, label maps 320x320")
-
-
-def _multi_dsprites(args: argparse.Namespace) -> None:
-    from slotsweep.data.multi_dsprites import import_multi_dsprites
-
-    out = Path(args.out)
-    if (out / MANIFEST).is_file():
-        print(f"{out}: already complete, nothing to do")
-        return
-    _exists(args.tfrecord, "--tfrecord")
-    with _bar(total=args.count, desc="multi-dsprites") as bar:
-        import_multi_dsprites(args.tfrecord, out, start=args.start, count=args.count,
-                              rows_per_shard=args.rows_per_shard, progress=bar.update)
-    print(f"{out}: records {args.start}..{args.start + (args.count or 0)} of {args.tfrecord}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -176,12 +47,12 @@ def parser() -> argparse.ArgumentParser:
                     help="scenes per Arrow shard (default: 4096)")
     ds.add_argument("--workers", type=positive_int, default=None,
                     help="generating processes (default: the cores, at most 8)")
-    ds.set_defaults(run=_dsprites)
+    ds.set_defaults(run=datasets.dsprites)
     ft = sub.add_parser("features", help="add frozen-ViT tokens to image shards")
     ft.add_argument("--in", dest="input", required=True, help="a split directory of shards")
     ft.add_argument("--out", help="output split directory (default: IN-ENCODER)")
     _encoder_options(ft)
-    ft.set_defaults(run=_features)
+    ft.set_defaults(run=datasets.features)
     co = sub.add_parser("coco", help="COCO via pycocotools + frozen-ViT tokens")
     co.add_argument("--images", required=True, help="folder of the split's JPEG files")
     co.add_argument("--annotations", required=True, help="instances_*.json")
@@ -193,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
                     help="DataLoader processes decoding JPEGs (default: the cores, at most 8)")
     co.add_argument("--rows-per-shard", type=positive_int, default=1024,
                     help="images per Arrow shard (default: 1024)")
-    co.set_defaults(run=_coco)
+    co.set_defaults(run=datasets.coco)
     md = sub.add_parser("multi-dsprites", help="DeepMind's multi_dsprites TFRecord (no TF)")
     md.add_argument("--tfrecord", required=True, help="e.g. multi_dsprites_colored_on_colored"
                                                       ".tfrecords (GZIP)")
@@ -203,7 +74,10 @@ def parser() -> argparse.ArgumentParser:
                     help="records (default: to the end)")
     md.add_argument("--rows-per-shard", type=positive_int, default=4096,
                     help="scenes per Arrow shard (default: 4096)")
-    md.set_defaults(run=_multi_dsprites)
+    md.set_defaults(run=datasets.multi_dsprites)
+    vf = sub.add_parser("verify", help="check a split's shards against its manifest")
+    vf.add_argument("split", help="a split directory of shards")
+    vf.set_defaults(run=datasets.verify_split)
     return p
 
 
@@ -223,10 +97,13 @@ def _encoder_options(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose - args.quiet)
-    from slotsweep.data.shards import ShardError
+    from slotsweep.data.format import ShardError
 
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("run", "dataset", "verbose", "quiet")}
     try:
-        args.run(args)
+        for line in args.run(**options, bar=_bar):
+            print(line)
     except (ShardError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

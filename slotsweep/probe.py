@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose - args.quiet)
     import torch
 
-    from slotsweep import checkpoint
-    from slotsweep.config import ConfigError, load_config
+    from slotsweep.config import load_config
+    from slotsweep.config_io import ConfigError
     from slotsweep.models import build_model
+    from slotsweep.training import checkpoint
     from slotsweep.training.probe import probe_model
 
     try:

@@ -8,7 +8,7 @@
 It reads the sweep's trial runs from MLflow (the store `slotsweep.run` writes): scores
 against every searched parameter, learning curves, the best trial's masks beside the
 block baseline's, every trial in a sortable table, and the sweep's progress. The page
-itself is built by slotsweep.reporting.report.
+itself is built by slotsweep.reporting.page.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose - args.quiet)
     # One mask picture per report: MLflow's download progress bar is noise on stderr.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from slotsweep.config import ConfigError
-    from slotsweep.reporting.report import markdown, render, report, write_page
-    from slotsweep.sweep_spec import load_sweep
+    from slotsweep.config_io import ConfigError
+    from slotsweep.reporting.markdown import markdown
+    from slotsweep.reporting.page import render, report, write_page
+    from slotsweep.sweep.load import load_sweep
 
     try:
         sweep = load_sweep(args.sweep)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.png:
-        from slotsweep.chromium import ChromiumError, screenshot
+        from slotsweep.reporting.chromium import ChromiumError, screenshot
 
         try:
             screenshot(out, Path(args.png))

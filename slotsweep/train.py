@@ -42,9 +42,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     setup_logging(args.verbose - args.quiet)
-    from slotsweep import checkpoint
-    from slotsweep.config import ConfigError, load_config
-    from slotsweep.data.shards import ShardError
+    from slotsweep.config import load_config
+    from slotsweep.config_io import ConfigError
+    from slotsweep.data.format import ShardError
+    from slotsweep.training import checkpoint
     from slotsweep.training.loop import (
         NonFiniteLossError,
         OutOfMemoryError,
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tracker(args, config, workdir: Path):
-    from slotsweep.tracking import RunTracker, check_tracking_server
+    from slotsweep.sweep.tracking import RunTracker, check_tracking_server
 
     check_tracking_server(args.tracking_uri)
     return RunTracker(args.tracking_uri, args.experiment or Path(args.config).stem, workdir,

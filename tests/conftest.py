@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slotsweep.config import build_config
-from slotsweep.data.synthetic import write_dsprites
+from slotsweep.data.sources.synthetic import write_dsprites
 
 TINY_MODEL = {
     "resolution": 16, "num_slots": 3, "slot_size": 16, "mlp_hidden_size": 32,
@@ -39,3 +39,20 @@ def tiny_config(dsprites16):
         return build_config(tree)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def coco_dir(tmp_path_factory):
+    """A tiny COCO split (tests.support.coco.write_coco_dir), once per module."""
+    from tests.support.coco import write_coco_dir
+
+    return write_coco_dir(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="module")
+def shards(dsprites16, tmp_path_factory):
+    """The paper sweeps' smoke shards, images/ and features/
+    (tests.support.paper_sweeps.write_paper_shards), once per module."""
+    from tests.support.paper_sweeps import write_paper_shards
+
+    return write_paper_shards(dsprites16, tmp_path_factory.mktemp("paper_sweeps"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from slotsweep.data.shards import MANIFEST, ShardError, read_manifest
+from slotsweep.data.format import MANIFEST, ShardError, read_manifest
 from slotsweep.files import atomic_path, atomic_write, sha256_file
 
 

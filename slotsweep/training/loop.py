@@ -26,18 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slotsweep import checkpoint
-from slotsweep.batches import (
-    Batches,
-    free_device_bytes,
-    stage_on_device,
-    to_model_inputs,
-)
-from slotsweep.config import ConfigError, TrainConfig, TrialConfig
-from slotsweep.data.synthetic import default_workers, ensure_synthetic
-from slotsweep.evaluate import evaluate
+from slotsweep.config import TrainConfig, TrialConfig
+from slotsweep.config_io import ConfigError
+from slotsweep.data.batches import Batches, free_device_bytes, stage_on_device, to_model_inputs
+from slotsweep.data.sources.synthetic import default_workers, ensure_synthetic
 from slotsweep.losses import compute_losses
 from slotsweep.models import build_model
+from slotsweep.training import checkpoint
+from slotsweep.training.evaluate import evaluate
 
 Report = Callable[[dict[str, float], str | None], None]
 
@@ -218,25 +214,14 @@ def fit(
     Checkpoints go to `workdir/checkpoints/`; training resumes from `resume_from` or,
     if not given, from the latest checkpoint there. `report(metrics, checkpoint_dir)`
     is called after every evaluation with the checkpoint just written.
+
+    One loop to read top to bottom (about 60 lines, on purpose): what happens at a step
+    (train, log, evaluate, checkpoint, report) is decided and done in one place.
     """
-    workdir = Path(workdir)
-    ckpt_root = workdir / "checkpoints"
+    ckpt_root = Path(workdir) / "checkpoints"
     seed_everything(config.seed)
     device = pick_device(config.train.device)
-    if config.data.synthetic:
-        # As many generating processes as this trainer has threads: inside a Ray trial,
-        # the CPUs it was given (Ray sets OMP_NUM_THREADS), not the whole node.
-        ensure_synthetic(config.data, resolution=config.model.resolution,
-                         workers=min(default_workers(), torch.get_num_threads()))
-    train_set = Batches.open(config.data.train, config.model, eval=False)
-    val_set = Batches.open(config.data.val, config.model, eval=True)
-    if config.eval.probe:
-        from slotsweep.data.shards import ShardDataset
-
-        for split in (config.data.train, config.data.val):
-            if "objects" not in ShardDataset(split).columns:
-                raise ValueError(f"eval.probe: {split} has no objects column (the probe "
-                                 "predicts object properties; synthetic dSprites has them)")
+    train_set, val_set = _open_splits(config)
     model = build_model(config.model, config.loss).to(device)
     optimizer = make_optimizer(model, config.train.lr, device)
     config_yaml = config.to_yaml()
@@ -260,18 +245,7 @@ def fit(
     tick, tick_step = time.perf_counter(), step
     model.train()
     while step < tc.steps:
-        try:
-            terms = train_step(forward, optimizer, next(batches), config, step, device)
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if not _is_oom(exc):
-                raise
-            raise OutOfMemoryError(
-                f"out of {device.type} memory at step {step + 1} with train.batch_size="
-                f"{tc.batch_size} ({str(exc).splitlines()[0][:200]}); lower train.batch_size "
-                "or model sizes, or give each trial more memory"
-                + (" (a larger resources.gpu share)" if device.type == "cuda" else "")
-            ) from None
-        window.add(step, terms)
+        window.add(step, _guarded_step(forward, optimizer, next(batches), config, step, device))
         step += 1
         is_eval = step % config.eval.every == 0 or step == tc.steps
         is_ckpt = is_eval or step % tc.checkpoint_every == 0
@@ -284,17 +258,10 @@ def fit(
         tick, tick_step = now, step
         if step % tc.log_every == 0 or is_eval:
             metrics.update(window.means())
-            metrics.update(
-                {"step": step, "lr": get_lr(step - 1, tc), "time/steps_per_s": rate,
-                 "time/elapsed_s": elapsed}
-            )
+            metrics.update({"step": step, "lr": get_lr(step - 1, tc),
+                            "time/steps_per_s": rate, "time/elapsed_s": elapsed})
         if is_eval:
-            last_eval, picture = evaluate(model, val_set, config, step=step, device=device)
-            if config.eval.probe and step == tc.steps:  # the final model only
-                from slotsweep.training.probe import probe_model
-
-                last_eval.update(probe_model(model, config, device, seed=config.seed))
-                model.train()
+            last_eval, picture = _evaluate_and_probe(model, val_set, config, step, device)
             metrics.update(last_eval)
             tick = time.perf_counter()  # evaluation time is not training time
         if log and (step % tc.log_every == 0 or is_eval):
@@ -303,13 +270,61 @@ def fit(
             files = {"masks.png": picture} if is_eval and picture else {}
             if is_eval:  # what was reported with it, for a caller that must re-send it
                 files[checkpoint.REPORTED] = json.dumps(metrics, sort_keys=True).encode()
-            saved = checkpoint.save(
-                ckpt_root, step, _state(model, optimizer, step, elapsed, device), config_yaml,
-                files=files,
-            )
+            saved = checkpoint.save(ckpt_root, step,
+                                    _state(model, optimizer, step, elapsed, device),
+                                    config_yaml, files=files)
             if is_eval and report is not None:
                 report(dict(metrics), str(saved))
     return {**metrics, **last_eval}
+
+
+def _open_splits(config: TrialConfig) -> tuple[Batches, Batches]:
+    """The training and validation splits (the synthetic set generated first if it is
+    missing); a probe needs the object properties, so their absence fails here."""
+    if config.data.synthetic:
+        # As many generating processes as this trainer has threads: inside a Ray trial,
+        # the CPUs it was given (Ray sets OMP_NUM_THREADS), not the whole node.
+        ensure_synthetic(config.data, resolution=config.model.resolution,
+                         workers=min(default_workers(), torch.get_num_threads()))
+    train_set = Batches.open(config.data.train, config.model, eval=False)
+    val_set = Batches.open(config.data.val, config.model, eval=True)
+    if config.eval.probe:
+        from slotsweep.data.reader import ShardDataset
+
+        for split in (config.data.train, config.data.val):
+            if "objects" not in ShardDataset(split).columns:
+                raise ValueError(f"eval.probe: {split} has no objects column (the probe "
+                                 "predicts object properties; synthetic dSprites has them)")
+    return train_set, val_set
+
+
+def _guarded_step(model, optimizer, batch, config: TrialConfig, step: int,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """`train_step`, with running out of memory said as what to change."""
+    try:
+        return train_step(model, optimizer, batch, config, step, device)
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if not _is_oom(exc):
+            raise
+        raise OutOfMemoryError(
+            f"out of {device.type} memory at step {step + 1} with train.batch_size="
+            f"{config.train.batch_size} ({str(exc).splitlines()[0][:200]}); lower "
+            "train.batch_size or model sizes, or give each trial more memory"
+            + (" (a larger resources.gpu share)" if device.type == "cuda" else "")
+        ) from None
+
+
+def _evaluate_and_probe(model, val_set: Batches, config: TrialConfig, step: int,
+                        device: torch.device) -> tuple[dict[str, float], bytes | None]:
+    """The evaluation's metrics and mask picture; at the last step, with the probe's
+    scores when the config asks for the probe."""
+    metrics, picture = evaluate(model, val_set, config, step=step, device=device)
+    if config.eval.probe and step == config.train.steps:  # the final model only
+        from slotsweep.training.probe import probe_model
+
+        metrics.update(probe_model(model, config, device, seed=config.seed))
+        model.train()
+    return metrics, picture
 
 
 

@@ -21,7 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from tqdm import tqdm
 
-from slotsweep.data.dsprites import FIELD_INDEX
+from slotsweep.data.sources.dsprites import FIELD_INDEX
 
 NUM_SHAPES = 3
 TARGETS = ("r", "g", "b", "scale", "x", "y")  # regressed, R² each
@@ -139,8 +139,8 @@ def run_probe(train: ProbeData, val: ProbeData, **kw) -> dict[str, float]:
 @torch.no_grad()
 def collect(model, path: str, config, *, max_images: int, device) -> ProbeData:
     """Frozen slots (deterministic eval init) and objects of a split's first images."""
-    from slotsweep.batches import Batches, to_model_inputs
-    from slotsweep.data.shards import ShardDataset
+    from slotsweep.data.batches import Batches, to_model_inputs
+    from slotsweep.data.reader import ShardDataset
 
     shards = ShardDataset(path)
     if "objects" not in shards.columns:

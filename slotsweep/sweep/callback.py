@@ -1,0 +1,155 @@
+"""The Tune callback of a sweep: it mirrors every trial into MLflow (idempotently: a
+resumed driver logs nothing twice) and records each trial that ends in the ledger."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ray.tune import Callback
+
+from slotsweep.sweep.ledger import append_ledger, ended_before
+from slotsweep.sweep.space import active_params
+from slotsweep.sweep.spec import VARIANT, Sweep
+from slotsweep.sweep.storage import StorageFault, storage_fault, unwritable
+from slotsweep.sweep.tracking import SweepTracker
+from slotsweep.sweep.trial import REPLAYED
+
+
+def stop_on_storage_faults(method):
+    """A callback's write that fails because the storage is full or read-only stops the
+    sweep (Tune re-raises callback errors): nothing is recorded as a trial failure."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StorageFault:
+            raise
+        except Exception as exc:
+            sign = self.storage_sign(exc)
+            if sign is None:
+                raise
+            raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign}"
+                               ) from exc
+
+    return wrapper
+
+
+class TrackingCallback(Callback):
+    """Mirrors trials into MLflow (idempotently) and records ended trials in the ledger."""
+
+    # `Tuner.restore` brings back the RunConfig it pickled, callbacks and all: without
+    # this, a resumed sweep would track with the first driver's callback, i.e. its
+    # storage paths and tracking URI, even after the storage moved or `--tracking-uri`
+    # changed. While a driver sets `current`, a callback unpickled takes its state.
+    current: ClassVar[TrackingCallback | None] = None
+
+    def __init__(self, sweep: Sweep, tracker: SweepTracker, ledger: Path,
+                 dataset_id: str) -> None:
+        self.sweep, self.tracker, self.ledger, self.dataset_id = sweep, tracker, ledger, dataset_id
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        live = TrackingCallback.current
+        self.__dict__.update(state if live is None else live.__dict__)
+
+    def _run(self, trial) -> str:
+        config = self.sweep.trial_config(trial.config)
+        params = {k: v for k, v in config.flat().items()}
+        if VARIANT in trial.config:  # not a config key: the name of the variant's overrides
+            params[VARIANT] = trial.config[VARIANT]
+        active = active_params(self.sweep, trial.config)
+        name = f"{trial.trial_id} " + " ".join(f"{k.split('.')[-1]}={_short(v)}"
+                                                for k, v in active.items())
+        return self.tracker.trial_run(
+            trial.trial_id, name=name, params=params, config_yaml=config.to_yaml(),
+            tags={"dataset_manifest": self.dataset_id},
+        )
+
+    def storage_sign(self, error: BaseException | str | None) -> str | None:
+        """Why the sweep's storage failed, if it did: the sign in the error, else what a
+        probe write into this instance's folder says (for errors that do not name it)."""
+        return storage_fault(error) or unwritable(self.ledger.parent)
+
+    def _replay(self, trial) -> bool:
+        return ended_before(self.ledger, trial.trial_id, trial.config) is not None
+
+    @stop_on_storage_faults
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if not self._replay(trial):
+            self._run(trial)
+
+    @stop_on_storage_faults
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "step" not in result or result.get(REPLAYED):
+            return
+        run = self._run(trial)
+        metrics = _metrics(result)
+        self.tracker.log_result(run, metrics, step=int(result["step"]),
+                                timestamp_ms=int(result.get("timestamp", 0) * 1000))
+
+    @stop_on_storage_faults
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if (trial.last_result or {}).get(REPLAYED):
+            return
+        picture = Path(checkpoint.path) / "masks.png"
+        if picture.is_file():
+            step = int(trial.last_result.get("step", 0))
+            self.tracker.log_artifact(self._run(trial), picture, f"masks/step-{step:08d}")
+
+    def _end(self, trial, outcome: str, error: str | None = None) -> None:
+        run = self._run(trial)
+        self.tracker.end_trial(run, outcome=outcome, error=error)
+        last = _metrics(trial.last_result or {})
+        append_ledger(self.ledger, {"trial_id": trial.trial_id, "outcome": outcome,
+                                    "params": trial.config, "metrics": last, "error": error})
+
+    @stop_on_storage_faults
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Ray retries the trial (FailureConfig) from its last checkpoint, in the same run."""
+        if self._replay(trial):
+            return
+        self.tracker.record_retry(self._run(trial), retries=int(trial.num_failures),
+                                  error=_error_line(trial))
+
+    @stop_on_storage_faults
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get(REPLAYED):
+            return
+        done = int(last.get("step", 0)) >= self.sweep.trial_config(trial.config).train.steps
+        self._end(trial, "finished" if done else "stopped early")
+
+    @stop_on_storage_faults
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self._replay(trial):
+            return
+        error = _error_line(trial)
+        sign = self.storage_sign(error)
+        if sign is not None:  # not the trial's fault: stop, and resume it next time
+            raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign} "
+                               f"(trial {trial.trial_id} could not write its checkpoint)")
+        self._end(trial, "failed", error)
+
+
+def _error_line(trial) -> str | None:
+    """The last line of a trial's error: `TrialFailed: NonFiniteLossError: step 3: ...`."""
+    try:
+        exc = trial.get_error()  # from the storage: synced there a little later
+        if not exc and trial.error_file and Path(trial.error_file).is_file():
+            exc = Path(trial.error_file).read_text()  # Ray's local copy, written at once
+        return str(exc).strip().splitlines()[-1] if exc else None
+    except Exception:  # noqa: BLE001 - the error file may be unreadable; keep going
+        return "trial failed (see the trial's error.txt)"
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The trainer's own metrics out of a Tune result (Tune adds its bookkeeping)."""
+    return {k: v for k, v in result.items()
+            if (k.startswith(("train/", "val/", "time/", "probe/")) or k in ("lr", "step"))
+            and isinstance(v, (int, float))}
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

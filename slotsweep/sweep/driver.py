@@ -1,0 +1,382 @@
+"""The driver: running, resuming and extending a sweep on Ray Tune.
+
+Layout of a sweep's storage (`<storage>/<name>/`):
+
+    mlflow.db, mlartifacts/        default MLflow store (all instances of the sweep)
+    run-001/                       one instance; `--fresh` starts run-002, ...
+        tune-000/                  the Tune experiment (restorable)
+        tune-001/                  an extension (`--num-samples` raised after the end)
+        ledger.jsonl               trials that ended: a resumed trial listed here
+                                   reports its recorded result instead of training
+
+A rerun of the same command resumes the newest instance: Tune restores the newest
+experiment (finished trials are not rerun, unfinished ones continue from their last
+checkpoint, the Optuna searcher's state is restored), then, if more samples are asked
+for than exist, a new Tune experiment runs only the missing trials with an Optuna
+study warm-started by every earlier result.
+
+What runs inside a trial's Ray worker is `trial` (with the `ledger` it reads: neither
+imports MLflow nor Optuna); the search is `space`, MLflow is `callback` and `tracking`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from slotsweep.config import TrialConfig
+from slotsweep.data.format import MANIFEST, read_manifest
+from slotsweep.data.reader import check_split
+from slotsweep.data.sources.synthetic import ensure_synthetic
+from slotsweep.files import atomic_write
+from slotsweep.sweep.callback import TrackingCallback
+from slotsweep.sweep.ledger import LEDGER, TrialRecord, ended_with, read_ledger
+from slotsweep.sweep.legacy import register_old_modules
+from slotsweep.sweep.space import param_space, scheduler, search_algorithm
+from slotsweep.sweep.spec import Sweep
+from slotsweep.sweep.storage import atomic_local_uploads, check_storage
+from slotsweep.sweep.tracking import (
+    TAG_TRIAL,
+    SweepTracker,
+    check_tracking_server,
+    default_tracking_uri,
+)
+from slotsweep.sweep.trial import REPLAYED, run_trial
+
+log = logging.getLogger(__name__)
+OUTCOMES = ("finished", "stopped early", "failed")
+UNFINISHED = ("pending", "running", "paused")  # Tune's status of a trial a stop cut short
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# ----------------------------------------------------------------- the driver
+
+
+
+
+@dataclass
+class SweepResult:
+    name: str
+    instance_dir: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    trials: list[TrialRecord] = field(default_factory=list)
+    planned: int = 0  # trials this run aimed for: --num-samples, else the sweep file's
+
+    def best(self, metric: str, mode: str) -> TrialRecord | None:
+        scored = [t for t in self.trials if math.isfinite(t.metrics.get(metric, math.nan))]
+        if not scored:
+            return None
+        pick = max if mode == "max" else min
+        return pick(scored, key=lambda t: t.metrics[metric])
+
+
+def instance_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.glob("run-*") if p.is_dir())
+
+
+def pick_instance(sweep_dir: Path, fresh: bool) -> Path:
+    existing = instance_dirs(sweep_dir)
+    if existing and not fresh:
+        return existing[-1]
+    number = int(existing[-1].name.split("-")[1]) + 1 if existing else 1
+    return sweep_dir / f"run-{number:03d}"
+
+
+
+
+
+
+
+
+def dataset_id(config: TrialConfig) -> str:
+    path = Path(config.data.train)
+    if not (path / MANIFEST).is_file():
+        return "unprepared"
+    manifest = read_manifest(path)
+    digest = "".join(s["sha256"][:8] for s in manifest["shards"])[:64]
+    return f"{path.name}:{manifest['num_rows']}:{digest}"
+
+
+def experiments_of(instance: Path) -> list[Path]:
+    return sorted(p for p in instance.glob("tune-*") if p.is_dir())
+
+
+def experiment_complete(experiment: Path) -> bool:
+    """Whether a Tune experiment ran to its end: every trial it planned exists and has
+    ended. A Ctrl-C'd `fit()` returns like a finished one, with trials pending or running
+    (or, searches being lazy, not yet created); taking that for the end would start an
+    extension experiment of fresh trials instead of resuming these."""
+    trials = tune.ExperimentAnalysis(str(experiment)).trials
+    if any(t.status.lower() in UNFINISHED for t in trials):
+        return False
+    plan = experiment.with_name(f"{experiment.name}-plan.json")  # absent before 2026-11-26
+    return not plan.is_file() or len(trials) >= json.loads(plan.read_text())["trials"]
+
+
+def collect(instance: Path) -> list[TrialRecord]:
+    """Every trial of every Tune experiment of this instance, with its last result."""
+    ledger = read_ledger(instance / LEDGER)
+    records: dict[str, TrialRecord] = {}
+    copied: list[dict[str, Any]] = []  # the configs of re-suggested copies
+    for exp in experiments_of(instance):
+        if not tune.Tuner.can_restore(str(exp)):
+            continue
+        for result in tune.ExperimentAnalysis(str(exp)).trials:
+            entry = ledger.get(result.trial_id)
+            if entry is None and (result.last_result or {}).get(REPLAYED):
+                copied.append(dict(result.config))
+                continue  # a re-suggested copy of an ended trial, not a trial of its own
+            metrics = dict(result.last_result or {})
+            outcome = entry["outcome"] if entry else result.status.lower()
+            if entry and entry.get("metrics"):
+                metrics = {**metrics, **entry["metrics"]}
+            records[result.trial_id] = TrialRecord(
+                result.trial_id, dict(result.config), metrics, outcome,
+                entry.get("error") if entry else None)
+    for params in copied:
+        # The original ended (its ledger entry and MLflow run say so) but no Tune snapshot
+        # holds it: it started and ended between two snapshots of a driver that then died.
+        # The ledger is then its only record, and the copy stands in for it.
+        entry = ended_with(ledger, params)
+        if entry is not None and entry["trial_id"] not in records:
+            records[entry["trial_id"]] = TrialRecord(
+                entry["trial_id"], dict(entry["params"]), dict(entry.get("metrics") or {}),
+                entry["outcome"], entry.get("error"))
+    return list(records.values())
+
+
+def discard_unrecorded(tracker: SweepTracker, instance: Path) -> list[str]:
+    """Discard the MLflow runs of trials that neither a Tune experiment of `instance`
+    (one that can be restored) nor the ledger knows; returns their trial ids.
+
+    A driver killed after a trial started but before Tune's next snapshot of the
+    experiment (or before its first: the experiment is then started over) leaves such a
+    run: the rerun does not know the trial and starts its parameters again under a new
+    id, so the old run would show the same trial twice, RUNNING forever. It ran at most
+    the snapshot period (1 s) beyond what Tune recorded, and never ended (an ended trial
+    is in the ledger, and its run is kept)."""
+    known = {r.trial_id for r in collect(instance)} | set(read_ledger(instance / LEDGER))
+    discarded = []
+    for run in tracker.trial_runs():
+        trial_id = run.data.tags.get(TAG_TRIAL)
+        if trial_id in known:
+            continue
+        tracker.discard_trial(run.info.run_id, reason=(
+            f"trial {trial_id} started, but its driver died before Tune recorded it; "
+            "the resumed sweep went on from Tune's last record of the experiment, "
+            "which does not hold it"))
+        discarded.append(trial_id)
+    if discarded:
+        log.warning("discarded the MLflow runs of %d trial(s) that Tune never recorded "
+                    "(their driver died within a second of their start): %s",
+                    len(discarded), ", ".join(discarded))
+    return discarded
+
+
+def check_data(config: TrialConfig) -> None:
+    """Fail before Ray or the storage is touched when the base config's data is unusable:
+    a missing or corrupt shard, a missing manifest, a wrong feature size, an empty split.
+    (Data paths that a search space varies are checked when their trial starts.)"""
+    from slotsweep.data.batches import Batches
+
+    for path, is_eval in ((config.data.train, False), (config.data.val, True)):
+        if "://" in str(path) or (config.data.synthetic and not Path(path).exists()):
+            continue  # remote: checked when cached; synthetic: generated just below
+        check_split(path)
+        Batches.open(str(path), config.model, eval=is_eval)
+
+
+def preflight(sweep: Sweep, *, storage: str | None, tracking_uri: str | None) -> None:
+    """Everything that can fail before Ray starts or the storage is touched: the base
+    config's data, the tracking server, the storage's room and permissions."""
+    check_data(sweep.trial_config({}))
+    check_tracking_server(tracking_uri or sweep.spec.tracking.uri or "")
+    check_storage(Path(storage or sweep.spec.storage).resolve() / sweep.name)
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    num_samples: int | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    fresh: bool = False,
+    verbose: int = 1,
+) -> SweepResult:
+    """Run or resume `sweep` on the connected Ray cluster; returns every trial's result.
+
+    Resume the instance's newest Tune experiment if it has one; then, if trials are still
+    missing (a new sweep, or `--num-samples` raised), run them in a new experiment whose
+    search is warm-started by every earlier result; then settle the MLflow runs."""
+    base = sweep.trial_config({})
+    check_data(base)
+    total = sweep.num_trials(num_samples)  # a grid: num_samples passes over the grid
+    sweep_dir = Path(storage or sweep.spec.storage).resolve() / sweep.name
+    check_storage(sweep_dir)
+    instance = pick_instance(sweep_dir, fresh)
+    instance.mkdir(parents=True, exist_ok=True)
+    if base.data.synthetic:  # once, here, rather than racing in every trial
+        ensure_synthetic(base.data, resolution=base.model.resolution)
+
+    uri = tracking_uri or sweep.spec.tracking.uri or default_tracking_uri(sweep_dir)
+    tracker = SweepTracker(uri, sweep.spec.tracking.experiment or sweep.name, sweep.name,
+                           f"{sweep.name}/{instance.name}", artifact_root=sweep_dir / "mlartifacts")
+    parent = tracker.parent_run()
+    tracker.client.log_text(parent, sweep.path.read_text(), "sweep.yaml")
+    callback = TrackingCallback(sweep, tracker, instance / LEDGER, dataset_id(base))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=sweep, ledger=str(instance / LEDGER),
+                             work=str(instance / "work")),
+        {"cpu": sweep.spec.resources.cpu, "gpu": sweep.spec.resources.gpu},
+    )
+    _configure_tune()
+
+    discard_unrecorded(tracker, instance)
+    stopped = _resume(instance, trainable, callback)
+    prior = collect(instance)
+    if total > len(prior) and not stopped:  # a new sweep, or an extension (--num-samples)
+        _extend(sweep, instance, trainable, callback, prior, total - len(prior), verbose)
+    records = collect(instance)
+    _settle_runs(tracker, records)
+    if len(records) >= total:
+        tracker.end_sweep()
+    return SweepResult(sweep.name, instance, uri, tracker.experiment_id, parent, records,
+                       planned=total)
+
+
+def _configure_tune() -> None:
+    """Tune's settings for every sweep of this process (environment variables: Tune reads
+    them when an experiment starts)."""
+    # Snapshot the experiment state every second (Tune's default: >= 10 s, adaptive).
+    # Staleness within that second is handled by the ledger (ended trials replay their
+    # result) and by the trainer's own checkpoints (the newer one wins); snapshotting on
+    # every controller step instead cost a third of a core of driver CPU on 2 cores
+    # (benchmarks/sweep.py: 37% overhead against 12-20% at 1 s).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # With num_to_keep=2, Tune also snapshots whenever a trial has checkpointed twice since
+    # the last snapshot, so that the snapshot never names a deleted checkpoint; a trial
+    # that checkpoints every few seconds (the tests' tiny ones) makes it warn each time
+    # that snapshots are frequent and advise fewer checkpoints. Those snapshots are wanted.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    atomic_local_uploads()
+    register_old_modules()  # the pickles of a storage written by an older layout
+
+
+def _resume(instance: Path, trainable, callback: TrackingCallback) -> bool:
+    """Resume the instance's newest Tune experiment, if there is one to resume; True if
+    it stopped before its end (Ctrl-C: the next run resumes it again)."""
+    experiments = experiments_of(instance)
+    if not experiments:
+        return False
+    if not tune.Tuner.can_restore(str(experiments[-1])):
+        shutil.rmtree(experiments[-1])  # it never got its first snapshot: start over
+        return False
+    # resume_errored: a trial stopped by a storage fault continues from its checkpoint;
+    # a trial that failed on its own replays its ledger entry or fails at once.
+    TrackingCallback.current = callback  # the restored callback becomes this one
+    try:
+        tuner = tune.Tuner.restore(str(experiments[-1]), trainable,
+                                   resume_unfinished=True, resume_errored=True)
+    finally:
+        TrackingCallback.current = None
+    tuner.fit()
+    return not experiment_complete(experiments[-1])
+
+
+def _extend(sweep: Sweep, instance: Path, trainable, callback: TrackingCallback,
+            prior: list[TrialRecord], missing: int, verbose: int) -> None:
+    """Run `missing` more trials in a new Tune experiment of the instance, its search
+    told every earlier result."""
+    spec = sweep.spec
+    name = f"tune-{len(experiments_of(instance)):03d}"
+    atomic_write(instance / f"{name}-plan.json", json.dumps({"trials": missing}))
+    if prior:  # what the extension's search is told, for the record
+        atomic_write(instance / f"{name}-warm-start.json", json.dumps({
+            "trial_ids": [r.trial_id for r in prior],
+            "values": [r.metrics.get(spec.search.metric) for r in prior],
+        }))
+    tune.Tuner(
+        trainable,
+        param_space=param_space(sweep),
+        tune_config=tune.TuneConfig(
+            search_alg=search_algorithm(sweep, prior, name), scheduler=scheduler(sweep),
+            metric=spec.search.metric, mode=spec.search.mode,
+            num_samples=math.ceil(missing / sweep.grid_size()),
+            reuse_actors=True,  # a worker process per trial costs ~5 s of imports
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(instance), callbacks=[callback],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            verbose=verbose,
+        ),
+    ).fit()
+
+
+def _settle_runs(tracker: SweepTracker, records: list[TrialRecord]) -> None:
+    """No MLflow run stays RUNNING once the driver returns: an unfinished trial's run is
+    "interrupted" (a rerun resumes it); one Tune ended without our ledger entry (an
+    error, or a write lost with the driver) gets Tune's outcome."""
+    runs = {r.data.tags.get(TAG_TRIAL): r for r in tracker.trial_runs()}
+    for rec in records:
+        run = runs.get(rec.trial_id)
+        if run is None or run.info.status != "RUNNING":
+            continue
+        if rec.outcome in UNFINISHED:
+            tracker.interrupt_trial(run.info.run_id)
+        else:
+            tracker.end_trial(run.info.run_id, outcome=rec.outcome if rec.outcome in OUTCOMES
+                              else "failed", error=rec.error)

@@ -1,0 +1,162 @@
+"""The search of a sweep: its space as each search algorithm wants it, the algorithm
+(Optuna, random or grid), and the early-stopping scheduler.
+
+Optuna gets a define-by-run space (`OptunaSpace`): a conditional key (`when:`) is
+suggested only when its condition holds, so the sampler never learns from values a trial
+did not use. Random and grid search get Tune's own distributions (no conditionals).
+An extension of a finished sweep warm-starts Optuna with every earlier result
+(`warm_study`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from slotsweep.sweep.ledger import TrialRecord
+from slotsweep.sweep.spec import Param, Sweep
+
+
+def _primitive(values: list[Any]) -> bool:
+    """Optuna categoricals hold primitives; other choices (lists, dicts) go by index."""
+    return all(isinstance(v, (bool, int, float, str)) or v is None for v in values)
+
+
+def _suggest(trial: optuna.Trial, key: str, param: Param) -> Any:
+    kind = param.kind
+    if kind in ("choice", "grid"):
+        values = getattr(param, kind)
+        if _primitive(values):
+            return trial.suggest_categorical(key, values)
+        return values[trial.suggest_categorical(key + "#", list(range(len(values))))]
+    low, high = getattr(param, kind)
+    if kind == "int":
+        return trial.suggest_int(key, low, high)
+    return trial.suggest_float(key, low, high, log=kind == "loguniform")
+
+
+class OptunaSpace:
+    """A define-by-run space: conditional keys are suggested only when active.
+
+    A class rather than a closure: Tune pickles the searcher (and so this) into its
+    experiment state with the standard pickle.
+    """
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+        self.order = sweep.order()
+        self.base = sweep.base_flat()
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        values = dict(self.base)
+        for key in self.order:
+            param = self.sweep.spec.search_space[key]
+            if param.active(values):
+                values[key] = _suggest(trial, key, param)
+        return {k: values[k] for k in self.order}
+
+
+def optuna_distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribution]:
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for key, p in sweep.spec.search_space.items():
+        kind = p.kind
+        if kind in ("choice", "grid"):
+            values = getattr(p, kind)
+            if _primitive(values):
+                out[key] = optuna.distributions.CategoricalDistribution(values)
+            else:
+                out[key + "#"] = optuna.distributions.CategoricalDistribution(
+                    list(range(len(values))))
+        elif kind == "int":
+            assert p.int is not None  # p.kind names the distribution that is given
+            out[key] = optuna.distributions.IntDistribution(*p.int)
+        else:
+            low, high = getattr(p, kind)
+            out[key] = optuna.distributions.FloatDistribution(
+                low, high, log=kind == "loguniform")
+    return out
+
+
+def warm_study(sweep: Sweep, prior: list[TrialRecord], name: str) -> optuna.storages.BaseStorage:
+    """An in-memory Optuna storage holding every earlier trial with its result."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=name,
+                                direction="maximize" if sweep.spec.search.mode == "max"
+                                else "minimize")
+    dists = optuna_distributions(sweep)
+    for rec in prior:
+        value = rec.metrics.get(sweep.spec.search.metric)
+        params, used = {}, {}
+        for key, v in active_params(sweep, rec.params).items():
+            if key in dists:
+                params[key], used[key] = v, dists[key]
+            elif key + "#" in dists:
+                choices = getattr(sweep.spec.search_space[key], sweep.spec.search_space[key].kind)
+                params[key + "#"], used[key + "#"] = choices.index(v), dists[key + "#"]
+        ok = value is not None and math.isfinite(value)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=used, value=value if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+        ))
+    return storage
+
+
+def active_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
+    """Drop conditional keys whose condition does not hold (their value is the base's)."""
+    values = {**sweep.base_flat(), **params}
+    return {k: v for k, v in params.items()
+            if k in sweep.spec.search_space and sweep.spec.search_space[k].active(values)}
+
+
+def param_space(sweep: Sweep) -> dict[str, Any] | None:
+    """For random/grid search: Tune's own distributions (no conditionals there)."""
+    if sweep.spec.search.algorithm == "optuna":
+        return None
+    space = {}
+    for key, p in sweep.spec.search_space.items():
+        kind = p.kind
+        # p.kind names the one distribution given: the asserts below hold.
+        if kind == "grid":
+            assert p.grid is not None
+            space[key] = tune.grid_search(p.grid)
+        elif kind == "choice":
+            assert p.choice is not None
+            space[key] = tune.choice(p.choice)
+        elif kind == "int":
+            assert p.int is not None
+            space[key] = tune.randint(p.int[0], p.int[1] + 1)
+        elif kind == "uniform":
+            assert p.uniform is not None
+            space[key] = tune.uniform(*p.uniform)
+        else:
+            assert p.loguniform is not None
+            space[key] = tune.loguniform(*p.loguniform)
+    return space
+
+
+def scheduler(sweep: Sweep):
+    s = sweep.spec.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    steps = sweep.trial_config({}).train.steps
+    return ASHAScheduler(time_attr="step", max_t=steps, grace_period=min(s.grace_period, steps),
+                         reduction_factor=s.reduction_factor)
+
+
+def search_algorithm(sweep: Sweep, prior: list[TrialRecord], tune_name: str):
+    s = sweep.spec.search
+    if s.algorithm == "optuna":
+        seed = s.seed + len(prior)  # an extension must not replay the first random draws
+        alg = OptunaSearch(
+            space=OptunaSpace(sweep), metric=s.metric, mode=s.mode, seed=seed,
+            study_name=tune_name, storage=warm_study(sweep, prior, tune_name),
+        )
+        return ConcurrencyLimiter(alg, s.max_concurrent) if s.max_concurrent else alg
+    return BasicVariantGenerator(random_state=s.seed + len(prior),
+                                 max_concurrent=s.max_concurrent)
