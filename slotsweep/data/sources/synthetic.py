@@ -33,7 +33,10 @@ def default_workers() -> int:
 
 
 def _generator() -> str:
-    return f"slotsweep.data.sources.dsprites v{dsprites.GENERATOR_VERSION}"
+    # The name every synthetic manifest records since v1; the module's old path, kept
+    # as a name (the module moved to data/sources/): changing it would refuse every
+    # split generated before.
+    return f"slotsweep.data.dsprites v{dsprites.GENERATOR_VERSION}"
 
 
 def _chunks(starts: list[tuple[int, int]], *, seed: int, resolution: int,
