@@ -10,6 +10,7 @@ last complete shard, and rerunning over a finished split says so and does nothin
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose - args.quiet)
     from slotsweep.data.format import ShardError
 
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("run", "dataset", "verbose", "quiet")}
+    # The dataset function's parameters are the subcommand's options, by name.
+    options = {k: getattr(args, k) for k in inspect.signature(args.run).parameters
+               if k != "bar"}
     try:
         for line in args.run(**options, bar=_bar):
             print(line)

@@ -11,7 +11,7 @@ import ray
 from slotsweep.config_io import ConfigError
 from slotsweep.sweep.spec import Sweep
 
-log = logging.getLogger("slotsweep.run")  # its warnings are the command's
+log = logging.getLogger(__name__)
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> str:
