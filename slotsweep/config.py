@@ -32,14 +32,6 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 IntTuple = Annotated[tuple[PositiveInt, ...], Field(strict=False)]
 
 
-
-
-
-
-
-
-
-
 class _Section(BaseModel):
     # strict: YAML already types values, so "64" for an int is a mistake, not a coercion.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -251,23 +243,9 @@ class TrialConfig(_Section):
 # ---------------------------------------------------------------- loading
 
 
-
-
 def known_keys() -> set[str]:
     """Every dotted key a TrialConfig accepts (used to validate sweep search spaces)."""
     return set(TrialConfig().flat())
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def build_config(
@@ -288,7 +266,3 @@ def load_config(
     if isinstance(overrides, list):
         overrides = dict(parse_override(item) for item in overrides)
     return build_config(read_yaml(path), source=str(path), overrides=overrides)
-
-
-
-

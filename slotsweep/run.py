@@ -50,22 +50,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -123,13 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
-
-
-
-
-
-
 def _disconnect_ray() -> None:
     """Stop Ray's forwarding of worker output, so that the summary or the error is the
     last thing printed (a worker's late log line would otherwise land after it)."""
@@ -143,4 +120,3 @@ def _disconnect_ray() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -58,30 +58,6 @@ log = logging.getLogger(__name__)
 TEMPLATE = "sweep_report.html.j2"  # in slotsweep/templates, shipped in the wheel
 
 
-
-
-
-
-
-
-
-
-
-
-# ------------------------------------------------------------------------- figures
-
-
-
-
-
-
-
-
-
-
-# ------------------------------------------------------------- baselines and masks
-
-
 def baseline_scores(sweep: Sweep) -> tuple[dict[str, dict[str, float]], bytes | None]:
     """The trivial baselines on the sweep's validation images (as the report's metric
     names), and the 2x2 block baseline's mask picture on the images the trials' pictures
@@ -107,21 +83,8 @@ def baseline_scores(sweep: Sweep) -> tuple[dict[str, dict[str, float]], bytes | 
     return scores, picture
 
 
-
-
-# ------------------------------------------------------------------------- the page
-
-
 def _png(data: bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode() if data else None
-
-
-
-
-
-
-
-
 
 
 def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_id: str,
@@ -229,12 +192,6 @@ def _best_section(best: TrialView | None, keys: list[str], client,
     }
 
 
-
-
-
-
-
-
 def render(context: dict[str, Any]) -> str:
     import jinja2
     import plotly.offline
@@ -298,4 +255,3 @@ def write_page(path: Path, text: str) -> None:
     """Atomically: a reader never sees half a page."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text)
-

@@ -56,55 +56,6 @@ OUTCOMES = ("finished", "stopped early", "failed")
 UNFINISHED = ("pending", "running", "paused")  # Tune's status of a trial a stop cut short
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ----------------------------------------------------------------- the driver
-
-
-
-
 @dataclass
 class SweepResult:
     name: str
@@ -133,12 +84,6 @@ def pick_instance(sweep_dir: Path, fresh: bool) -> Path:
         return existing[-1]
     number = int(existing[-1].name.split("-")[1]) + 1 if existing else 1
     return sweep_dir / f"run-{number:03d}"
-
-
-
-
-
-
 
 
 def dataset_id(config: TrialConfig) -> str:

@@ -218,26 +218,6 @@ class Sweep:
         return dict(self._base_flat)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def with_resources(sweep: Sweep, cpu: float | None, gpu: float | None) -> Sweep:
     """The sweep with its per-trial resources replaced (None keeps the file's value)."""
 

@@ -26,8 +26,6 @@ from slotsweep.training.loop import NonFiniteLossError, OutOfMemoryError, fit
 RESENT = "slotsweep/resent"  # a result sent again from the trial's checkpoint
 REPLAYED = "slotsweep/replayed"  # a ledger entry's result, handed to Tune without training
 
-# ----------------------------------------------------------------- the trial
-
 
 def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -> None:
     """The Tune trainable: build the TrialConfig, resume, and run the shared trainer."""
@@ -93,14 +91,3 @@ class TrialFailed(RuntimeError):
 FAILED = "failed.json"
 DETERMINISTIC = (NonFiniteLossError, OutOfMemoryError, ShardError, ConfigError,
                  ckpt.CheckpointError)
-
-
-
-
-
-
-
-
-
-
-

@@ -327,7 +327,6 @@ def _evaluate_and_probe(model, val_set: Batches, config: TrialConfig, step: int,
     return metrics, picture
 
 
-
 def progress_line(m: dict[str, float], total: int) -> str:
     """`step 1200/5000 | loss 0.0123 (recon 0.012, covariance 3e-4) | lr 2.0e-04 | ...`"""
     terms = ", ".join(

@@ -10,8 +10,6 @@ import pytest
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-
-
 @pytest.mark.slow
 def test_prepare_coco_cli_killed_midway_resumes_to_identical_shards(coco_dir, tmp_path):
     import os

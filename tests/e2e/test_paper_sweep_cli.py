@@ -17,9 +17,6 @@ from tests.support.sweeps import mlflow_runs, run
 SMOKE_TOKENS, SMOKE_FEATURE_DIM = 16, 32  # a 4x4 token grid of width 32
 
 
-
-
-
 @pytest.mark.slow
 def test_a_paper_sweep_runs_through_the_sweep_cli(shards, tmp_path):
     """The real CLI on a real paper sweep file: the frozen-ViT image reconstruction

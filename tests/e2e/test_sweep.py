@@ -32,10 +32,6 @@ from tests.support.sweeps import (
 pytestmark = pytest.mark.slow
 
 
-
-
-
-
 def test_sweep_finds_best_trial_and_tracks_every_trial(tmp_path, dsprites16):
     path = sweep_file(tmp_path, dsprites16)
     done = run(path)

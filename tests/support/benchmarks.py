@@ -11,8 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEVICE_SCRIPT = ROOT / "benchmarks" / "device_binding.sh"  # the GPU session's one script
 
 
-
-
 def smoke(script: str, timeout: int = 300) -> str:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--smoke"], cwd=ROOT,

@@ -12,8 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 
 
-
-
 def load() -> dict:
     return yaml.safe_load(CLUSTER_YAML.read_text())
 

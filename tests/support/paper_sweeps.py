@@ -12,9 +12,6 @@ from slotsweep.data.sources.features import add_features, create_encoder
 SMOKE_TOKENS, SMOKE_FEATURE_DIM = 16, 32  # a 4x4 token grid of width 32
 
 
-
-
-
 def smoke_overrides(config: TrialConfig, shards: Path) -> dict[str, Any]:
     """Dotted overrides that shrink `config` to a few CPU seconds on the tiny shards of
     the schema its model reads. Loss, slot count and slot size stay as the sweep says."""

@@ -51,8 +51,6 @@ def test_loader_benchmark_smoke():
     assert all(float(r[1].replace(",", "")) > 0 for r in rows)
 
 
-
-
 def test_tfrecord_benchmark_smoke():
     """The reader is timed with both CRC32C implementations (the script first checks they
     agree) and without verification; MB/s is the printed size over the printed time."""
@@ -74,4 +72,3 @@ def test_cli_benchmark_smoke():
     assert {f"python -m slotsweep.{c} --help" for c in
             ("run", "train", "prepare", "report", "probe")} <= set(names)
     assert all(float(r[1]) > 0 for r in rows)
-

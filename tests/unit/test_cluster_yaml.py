@@ -81,8 +81,6 @@ def test_every_command_parses_as_ray_runs_it():
             assert proc.returncode == 0, f"{key}: {command}\n{proc.stderr}"
 
 
-
-
 def test_mlflow_server_is_not_restarted_when_it_answers(tmp_path):
     command = one_command(load(), "head_start_ray_commands", "mlflow server")
     proc = run_stubbed(command, tmp_path, {"hostname": "echo 10.0.3.7", "curl": "exit 0",
@@ -176,11 +174,3 @@ def test_cluster_runs_the_ray_that_runs_ray_up():
 
 
 # --- Ray's AWS bootstrap against moto ---------------------------------------------------
-
-
-
-
-
-
-
-

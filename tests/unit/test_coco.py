@@ -36,10 +36,6 @@ def _decode_counts(counts: list[int], height: int, width: int) -> np.ndarray:
     return flat.reshape(width, height).T
 
 
-
-
-
-
 def test_label_map_polygon_rle_crowd_overlap(coco_dir):
     coco = load_coco(coco_dir / "instances.json")
     labels = instance_label_map(coco, 7)
@@ -195,5 +191,3 @@ def test_prepare_coco_is_resumable_and_trainable(coco_dir, tmp_path):
     })
     result = fit(cfg, workdir=tmp_path / "run", log=None)
     assert np.isfinite(result["train/loss"])
-
-

@@ -38,8 +38,6 @@ def run_benchmark(script: str, *args: str) -> str:
     return proc.stdout
 
 
-
-
 def test_learning_benchmark_on_tiny_shards(dsprites16, tmp_path):
     overrides = [
         f"data.train={dsprites16 / 'train'}", f"data.val={dsprites16 / 'val'}",

@@ -76,8 +76,6 @@ def _id(path: Path) -> str:
 # ---------------------------------------------------------------- smoke mode
 
 
-
-
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Models this small run faster on one thread: on 2 busy cores each parallel operator
@@ -93,8 +91,6 @@ def smoke_config(sweep: Sweep, shards: Path) -> TrialConfig:
     config = sweep.trial_config(first_params(sweep))
     return build_config(config.to_dict(), source=f"{sweep.path} (smoke)",
                         overrides=smoke_overrides(config, shards))
-
-
 
 
 # ---------------------------------------------------------------- the files
@@ -156,5 +152,3 @@ def test_sweep_trains_a_few_steps_in_smoke_mode(path, shards, tmp_path):
         assert math.isfinite(result[f"train/{term}"]), (term, result)
     if config.eval.probe:
         assert any(k.startswith("probe/") for k in result), result
-
-

@@ -86,8 +86,6 @@ def test_seed_groups_and_loss_type_tests():
     assert tests[("cosine", "none")] > 0.05  # the same distribution
 
 
-
-
 def test_seed_statistics_count_finished_trials_only():
     """A half-done seeded sweep: running and failed seeds are counted beside the finished
     ones, never averaged into them (they stand at another step, or at none)."""

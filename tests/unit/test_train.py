@@ -63,8 +63,6 @@ def test_loss_terms_of_the_bottleneck_are_reported(tiny_config, tmp_path):
         assert math.isfinite(result[key]), key
 
 
-
-
 @pytest.mark.parametrize("loss", [{}, {"type": "covloss", "beta": 1.0, "proj_dim": 32,
                                         "proj_norm": "batchnorm"}])
 def test_resume_continues_the_same_trajectory(tiny_config, tmp_path, loss):
@@ -167,13 +165,7 @@ def test_lr_schedule_warmup_and_decay():
     assert get_lr(110, after) == pytest.approx(0.5)
 
 
-
-
-
-
 # ---- the GPU code paths, run on the CPU (issue 9)
-
-
 
 
 def test_bf16_autocast_trains_and_stays_finite(tiny_config, tmp_path):
@@ -201,8 +193,6 @@ def test_compile_flag_trains_the_compiled_forward(tiny_config, tmp_path, monkeyp
     torch._dynamo.reset()
     assert len(calls) == 1
     assert math.isfinite(result["train/loss"]) and _finite_params(tmp_path)
-
-
 
 
 def test_adam_is_fused_on_cuda_only():
