@@ -4,16 +4,17 @@ resumed driver logs nothing twice) and records each trial that ends in the ledge
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ray.tune import Callback
 
-from slotsweep.sweep.ledger import append_ledger, ended_before
+from slotsweep.sweep.ledger import append_ledger, ended_before, ended_with, read_ledger
 from slotsweep.sweep.space import active_params
 from slotsweep.sweep.spec import VARIANT, Sweep
 from slotsweep.sweep.storage import StorageFault, storage_fault, unwritable
-from slotsweep.sweep.tracking import SweepTracker
+from slotsweep.sweep.tracking import TAG_SAME_AS, SweepTracker
 from slotsweep.sweep.trial import REPLAYED
 
 
@@ -49,6 +50,9 @@ class TrackingCallback(Callback):
     def __init__(self, sweep: Sweep, tracker: SweepTracker, ledger: Path,
                  dataset_id: str) -> None:
         self.sweep, self.tracker, self.ledger, self.dataset_id = sweep, tracker, ledger, dataset_id
+        # Trials Tune's records of this instance held when the driver started them (the
+        # driver sets it): what tells a search's repeat from a lost trial's stand-in.
+        self.known: set[str] = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         live = TrackingCallback.current
@@ -113,10 +117,42 @@ class TrackingCallback(Callback):
         self.tracker.record_retry(self._run(trial), retries=int(trial.num_failures),
                                   error=_error_line(trial))
 
+    def _repeat_of(self, trial, trials) -> dict[str, Any] | None:
+        """For a trial that replayed a ledger entry: that entry, when the trial is the
+        search's own repeat of parameters that another trial Tune knows ended with (a
+        small discrete space makes Optuna suggest some twice); None when it replayed its
+        own entry, or stands in for a trial that Tune lost with a driver (the ledger is
+        then that trial's record, and `driver.collect` gives it this trial's result)."""
+        entries = read_ledger(self.ledger)
+        original = None if trial.trial_id in entries else ended_with(entries, trial.config)
+        if original is None:
+            return None
+        known = self.known | {t.trial_id for t in trials if t is not trial}
+        return original if original["trial_id"] in known else None
+
+    def _record_repeat(self, trial, original: dict[str, Any]) -> None:
+        """A repeat is a trial of its own: its own run (with the result it replayed, and
+        which trial it repeats) and ledger entry. It trained nothing: trials are
+        deterministic given their parameters."""
+        run = self._run(trial)
+        self.tracker.client.set_tag(run, TAG_SAME_AS, original["trial_id"])
+        metrics = dict(original.get("metrics") or {})
+        if "step" in metrics:
+            self.tracker.log_result(run, metrics, step=int(metrics["step"]),
+                                    timestamp_ms=int(time.time() * 1000))
+        self.tracker.end_trial(run, outcome=original["outcome"], error=original.get("error"))
+        append_ledger(self.ledger, {"trial_id": trial.trial_id, "outcome": original["outcome"],
+                                    "params": trial.config, "metrics": metrics,
+                                    "error": original.get("error"),
+                                    "same_as": original["trial_id"]})
+
     @stop_on_storage_faults
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         if last.get(REPLAYED):
+            original = self._repeat_of(trial, trials)
+            if original is not None:
+                self._record_repeat(trial, original)
             return
         done = int(last.get("step", 0)) >= self.sweep.trial_config(trial.config).train.steps
         self._end(trial, "finished" if done else "stopped early")

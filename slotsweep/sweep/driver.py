@@ -115,15 +115,15 @@ def collect(instance: Path) -> list[TrialRecord]:
     """Every trial of every Tune experiment of this instance, with its last result."""
     ledger = read_ledger(instance / LEDGER)
     records: dict[str, TrialRecord] = {}
-    copied: list[dict[str, Any]] = []  # the configs of re-suggested copies
+    copied: list[tuple[str, dict[str, Any]]] = []  # re-suggested copies: (id, config)
     for exp in experiments_of(instance):
         if not tune.Tuner.can_restore(str(exp)):
             continue
         for result in tune.ExperimentAnalysis(str(exp)).trials:
             entry = ledger.get(result.trial_id)
             if entry is None and (result.last_result or {}).get(REPLAYED):
-                copied.append(dict(result.config))
-                continue  # a re-suggested copy of an ended trial, not a trial of its own
+                copied.append((result.trial_id, dict(result.config)))
+                continue  # a copy of an ended trial: below
             metrics = dict(result.last_result or {})
             outcome = entry["outcome"] if entry else result.status.lower()
             if entry and entry.get("metrics"):
@@ -131,15 +131,20 @@ def collect(instance: Path) -> list[TrialRecord]:
             records[result.trial_id] = TrialRecord(
                 result.trial_id, dict(result.config), metrics, outcome,
                 entry.get("error") if entry else None)
-    for params in copied:
-        # The original ended (its ledger entry and MLflow run say so) but no Tune snapshot
-        # holds it: it started and ended between two snapshots of a driver that then died.
-        # The ledger is then its only record, and the copy stands in for it.
+    for trial_id, params in copied:
         entry = ended_with(ledger, params)
-        if entry is not None and entry["trial_id"] not in records:
-            records[entry["trial_id"]] = TrialRecord(
-                entry["trial_id"], dict(entry["params"]), dict(entry.get("metrics") or {}),
-                entry["outcome"], entry.get("error"))
+        if entry is None:
+            continue
+        if entry["trial_id"] not in records:
+            # The original ended (its ledger entry and MLflow run say so) but no Tune
+            # snapshot holds it: it started and ended between two snapshots of a driver
+            # that then died. The ledger is its only record; the copy stands in for it.
+            trial_id = entry["trial_id"]
+        # else: the search's own repeat of the original's parameters, whose ledger entry
+        # (`TrackingCallback._record_repeat`) was lost with its driver: a trial of its own.
+        records[trial_id] = TrialRecord(
+            trial_id, dict(entry["params"]), dict(entry.get("metrics") or {}),
+            entry["outcome"], entry.get("error"))
     return list(records.values())
 
 
@@ -230,8 +235,10 @@ def run_sweep(
     _configure_tune()
 
     discard_unrecorded(tracker, instance)
+    callback.known = {r.trial_id for r in collect(instance)}
     stopped = _resume(instance, trainable, callback)
     prior = collect(instance)
+    callback.known = {r.trial_id for r in prior}
     if total > len(prior) and not stopped:  # a new sweep, or an extension (--num-samples)
         _extend(sweep, instance, trainable, callback, prior, total - len(prior), verbose)
     records = collect(instance)

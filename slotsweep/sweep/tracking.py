@@ -31,6 +31,7 @@ TAG_ERROR = "slotsweep.error"
 TAG_RETRIES = "slotsweep.retries"
 TAG_RETRY_ERROR = "slotsweep.retry_error"
 TAG_RESUMED_AT = "slotsweep.resumed_at"  # ms: when this driver took the trial over
+TAG_SAME_AS = "slotsweep.same_as"  # a repeat of an ended trial's parameters: that trial
 
 TAG_WORKDIR = "slotsweep.workdir"  # a single `slotsweep train` run: its checkpoint folder
 

@@ -265,6 +265,34 @@ def test_a_trial_that_ended_unseen_by_tune_keeps_its_record(tmp_path, dsprites16
     assert trials[0].info.status == "FINISHED"
 
 
+def test_a_search_that_repeats_parameters_counts_each_repeat_as_a_trial(tmp_path, dsprites16):
+    """A small discrete space makes Optuna suggest ended parameters again: the repeat
+    replays the recorded result (trials are deterministic) and is a trial of its own. It
+    was taken for a lost trial's stand-in: the sweep looked unfinished for ever."""
+    path = sweep_file(tmp_path, dsprites16, search_space={
+        "loss.type": {"choice": ["cosine"]}, "loss.beta": {"choice": [0.1]},
+        "train.lr": {"choice": [1e-3]}})  # the defaults' keys, each with one value
+    done = run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not finished" not in done.stdout and "3 trials in" in done.stdout
+    storage = tmp_path / "storage"
+    _, trials = check_consistent(storage, 3)
+    entries = ledger(storage)
+    original = next(e for e in entries if "same_as" not in e)
+    repeats = [e for e in entries if "same_as" in e]
+    assert len(repeats) == 2 and {e["same_as"] for e in repeats} == {original["trial_id"]}
+    by_id = {r.data.tags["slotsweep.trial_id"]: r for r in trials}
+    for e in repeats:
+        run_ = by_id[e["trial_id"]]
+        assert run_.info.status == "FINISHED" and run_.data.tags["slotsweep.outcome"] == "finished"
+        assert run_.data.tags["slotsweep.same_as"] == original["trial_id"]
+        assert run_.data.metrics["val/fg_ari"] == by_id[original["trial_id"]].data.metrics[
+            "val/fg_ari"]
+    again = run(path)  # complete: nothing runs again, nothing is extended
+    assert again.returncode == 0 and "not finished" not in again.stdout
+    assert [p.name for p in instance_dir(storage).glob("tune-*") if p.is_dir()] == ["tune-000"]
+
+
 def test_fresh_starts_a_new_instance_and_keeps_the_old(tmp_path, dsprites16):
     path = sweep_file(tmp_path, dsprites16, search={"num_samples": 1})
     assert run(path).returncode == 0
