@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from slotsweep.metrics.scores import fg_ari, mbo, nanmean
+from slotsweep.metrics.scores import fg_ari, mbo, nanmean, stripe_score
 
 if TYPE_CHECKING:
     from slotsweep.config import TrialConfig
@@ -49,17 +49,20 @@ def baseline_masks(height: int, width: int) -> dict[str, torch.Tensor]:
 
 def per_image_baselines(segmentation: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """Per image [B] (NaN without objects): FG-ARI and mBO of each trivial baseline on
-    label maps [B, H, W]."""
+    label maps [B, H, W], and its masks' stripe score (the same for every image; NaN for
+    one slot, which has no boundary)."""
     batch, height, width = segmentation.shape
     scores = {}
     for name, masks in baseline_masks(height, width).items():
+        stripe = stripe_score(masks.unsqueeze(0)).expand(batch)
         masks = masks.unsqueeze(0).expand(batch, -1, -1, -1)
-        scores[name] = {"fg_ari": fg_ari(masks, segmentation), "mbo": mbo(masks, segmentation)}
+        scores[name] = {"fg_ari": fg_ari(masks, segmentation), "mbo": mbo(masks, segmentation),
+                        "stripe": stripe}
     return scores
 
 
 def trivial_baselines(segmentation: torch.Tensor) -> dict[str, dict[str, float]]:
-    """FG-ARI and mBO of each trivial baseline on label maps [B, H, W]."""
+    """FG-ARI, mBO and stripe score of each trivial baseline on label maps [B, H, W]."""
     return {name: {k: nanmean(v) for k, v in scores.items()}
             for name, scores in per_image_baselines(segmentation).items()}
 
@@ -129,7 +132,7 @@ def margins(model: dict[str, torch.Tensor], segmentation: torch.Tensor, *,
 class ValidationBaselines:
     """The trivial baselines of a sweep, on the images its trials are scored on."""
 
-    scores: dict[str, dict[str, float]]  # baseline name -> {"fg_ari": .., "mbo": ..}
+    scores: dict[str, dict[str, float]]  # baseline name -> {"fg_ari", "mbo", "stripe"}
     images: torch.Tensor | None  # [N, 3, H, W] in [-1, 1]: the first eval.num_pictures
 
 

@@ -25,7 +25,7 @@ def _dom_id(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
 
-def _hover(t: TrialView, keys: list[str]) -> str:
+def hover_text(t: TrialView, keys: list[str]) -> str:
     parts = [f"<b>{t.trial_id}</b> ({t.status})"]
     parts += [f"{k} = {fmt(t.config.get(k))}" for k in keys if t.relevant(k)]
     parts += [f"{label} = {fmt(t.metrics.get(m))}" for m, label in METRICS.items()]
@@ -64,7 +64,7 @@ def param_figures(trials: list[TrialView], keys: list[str], axes: list[str],
                         marker={"size": 10, "color": colour, "opacity": 0.85,
                                 "symbol": ["x" if t.status == "failed" else "circle"
                                            for t in on]},
-                        text=[_hover(t, keys) for t in on], hoverinfo="text",
+                        text=[hover_text(t, keys) for t in on], hoverinfo="text",
                         customdata=[t.trial_id for t in on],
                     ))
                 if off:

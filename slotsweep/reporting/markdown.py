@@ -38,7 +38,7 @@ def markdown(context: dict[str, Any]) -> str:
         counts += "; " + progress_text(steps)
     lines = [f"Sweep `{context['sweep']}` ({context['instance']}): {counts}.", ""]
     lines += _seeded(context) if context["seed_groups"] else _ranked(context)
-    lines += _tests(context) + _published(context) + _baselines(context)
+    lines += _front(context) + _tests(context) + _published(context) + _baselines(context)
     best = context.get("best")
     if best and best.get("against"):
         lines += ["", f"Best trial `{best['trial']}` {best['against']}."]
@@ -78,6 +78,25 @@ def _ranked(context: dict[str, Any]) -> list[str]:
                   for k in keys]
         lines.append(f"| {r['trial']} | " + " | ".join(values)
                      + f" | {fmt(r['step'])} | {r['status']} |")
+    return lines
+
+
+def _front(context: dict[str, Any]) -> list[str]:
+    """A multi-objective sweep's Pareto front and its hypervolume."""
+    front = context.get("front")
+    if not front:
+        return []
+    labels = [f"{o['label']} ({o['mode']})" for o in front["objectives"]]
+    lines = ["", f"Pareto front: {len(front['trials'])} of {front['scored']} scored trials.",
+             "", "| trial | " + " | ".join(labels) + " | settings |",
+             "|---|" + "---|" * (len(labels) + 1)]
+    for t in front["trials"]:
+        settings = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+        lines.append(f"| {t['trial']} | " + " | ".join(t["scores"].values()) + f" | {settings} |")
+    ref = front["reference"]
+    if ref is not None:
+        point = ", ".join(f"{k} {v}" for k, v in ref["scores"].items())
+        lines += ["", f"Hypervolume {front['hypervolume']:.4g} against {ref['name']} ({point})."]
     return lines
 
 

@@ -22,7 +22,6 @@ nothing was repeated over seeds. The statistics behind it are in `slotsweep.repo
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from slotsweep.config_io import ConfigError
 from slotsweep.files import atomic_write
 from slotsweep.reporting.figures import AXES, curve_figures, param_figures, seed_figure
+from slotsweep.reporting.front import front_section
 from slotsweep.reporting.markdown import mean_pm, seeds_needed
 from slotsweep.reporting.seeds import (
     loss_type_tests,
@@ -48,6 +48,7 @@ from slotsweep.reporting.trials import (
     fmt,
     load_trials,
     metric_label,
+    png_uri,
     progress_text,
     step_progress,
 )
@@ -59,9 +60,9 @@ TEMPLATE = "sweep_report.html.j2"  # in slotsweep/templates, shipped in the whee
 
 
 def baseline_scores(sweep: Sweep) -> tuple[dict[str, dict[str, float]], bytes | None]:
-    """The trivial baselines on the sweep's validation images (as the report's metric
-    names), and the 2x2 block baseline's mask picture on the images the trials' pictures
-    show. ({}, None) without the data."""
+    """The trivial baselines on the sweep's validation images (FG-ARI, mBO and stripe
+    score, as the report's metric names), and the 2x2 block baseline's mask picture on
+    the images the trials' pictures show. ({}, None) without the data."""
     from slotsweep.data.format import ShardError
     from slotsweep.metrics.baselines import block_masks, on_validation_set
     from slotsweep.training.pictures import mask_picture, to_uint8
@@ -73,18 +74,13 @@ def baseline_scores(sweep: Sweep) -> tuple[dict[str, dict[str, float]], bytes | 
         return {}, None
     if found is None:
         return {}, None
-    scores = {name: {"val/fg_ari": s["fg_ari"], "val/mbo": s["mbo"]}
-              for name, s in found.scores.items() if name != "one slot"}
+    scores = {name: {f"val/{m}": v for m, v in s.items()} for name, s in found.scores.items()}
     picture = None
     if found.images is not None:
         n, _, height, width = found.images.shape
         masks = block_masks(2, height, width).unsqueeze(0).expand(n, -1, -1, -1)
         picture = mask_picture(to_uint8(found.images), masks)
     return scores, picture
-
-
-def _png(data: bytes | None) -> str | None:
-    return "data:image/png;base64," + base64.b64encode(data).decode() if data else None
 
 
 def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_id: str,
@@ -94,7 +90,10 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
     spec = sweep.spec
     keys = sweep.order()
     best = best_trial(trials, spec.search.metric, spec.search.mode)
-    references, baseline_png = baseline_scores(sweep) if with_baselines else ({}, None)
+    baselines, baseline_png = baseline_scores(sweep) if with_baselines else ({}, None)
+    # One slot (FG-ARI 0 by definition) only clutters the plots; the front's reference
+    # point is chosen from every baseline, as in the run's summary.
+    references = {name: s for name, s in baselines.items() if name != "one slot"}
     numeric = [k for k in keys if all(finite(t.config.get(k)) for t in trials if t.relevant(k))]
     axes = [a for a in dict.fromkeys([*AXES, *numeric])
             if len({t.config.get(a) for t in trials if t.relevant(a)}) > 1]
@@ -119,9 +118,12 @@ def build_context(sweep: Sweep, trials: list[TrialView], *, client, experiment_i
                     *curve_figures(trials, best, references)],
         "columns": columns, "rows": rows,
         "best": _best_section(best, keys, client, references),
+        "front": front_section(trials, spec.search.directions(), keys, baselines, client,
+                               spec.search.reference_point)
+        if spec.search.multi_objective else None,
         "baselines": {name: {METRICS[m]: fmt(v) for m, v in s.items()}
                       for name, s in references.items()},
-        "baseline_masks": _png(baseline_png),
+        "baseline_masks": png_uri(baseline_png),
     }
 
 
@@ -185,7 +187,7 @@ def _best_section(best: TrialView | None, keys: list[str], client,
         "trial": best.trial_id, "run_id": best.run_id, "status": best.status,
         "params": {k: fmt(best.config.get(k)) for k in keys if best.relevant(k)},
         "metrics": {label: fmt(best.metrics.get(m)) for m, label in METRICS.items()},
-        "masks": _png(masks), "masks_path": masks_path,
+        "masks": png_uri(masks), "masks_path": masks_path,
         "against": against_baselines(
             best.metrics, {name: {m: s[f"val/{m}"] for m in ("fg_ari", "mbo")}
                            for name, s in references.items()}) if references else None,

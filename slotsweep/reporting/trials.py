@@ -55,6 +55,13 @@ class TrialView:
         return not (key in HEAD_KEYS and self.loss_type == "cosine")
 
 
+def png_uri(data: bytes | None) -> str | None:
+    """A PNG as a data: URI (the page loads nothing from elsewhere); None for none."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(data).decode() if data else None
+
+
 def metric_label(metric: str) -> str:
     """How a table heads a metric: 'FG-ARI', 'shape (acc.)', 'x R²', 'probe/new' → 'new'."""
     return (METRICS.get(metric) or PROBE_LABELS.get(metric) or LOSS_TERMS.get(metric)

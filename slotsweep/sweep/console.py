@@ -18,10 +18,11 @@ def first_params(sweep: Sweep) -> dict[str, Any]:
         return {k: sweep.spec.search_space[k].candidates()[0] for k in sweep.order()}
     import optuna
 
-    from slotsweep.sweep.space import OptunaSpace
+    from slotsweep.sweep.space import OptunaSpace, sampler, study_directions
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=sweep.spec.search.seed))
+    study = optuna.create_study(sampler=sampler(sweep, sweep.spec.search.seed),
+                                directions=study_directions(sweep))
     return OptunaSpace(sweep)(study.ask())
 
 
@@ -33,8 +34,13 @@ def dry_run(sweep: Sweep) -> str:
         when = f"  when {p.when}" if p.when else ""
         lines.append(f"  {key}: {p.kind} {getattr(p, p.kind)}{when}")
     s = sweep.spec.search
-    lines.append(f"search: {s.algorithm}, {sweep.num_trials()} trials, {s.mode} {s.metric}, "
-                 f"seed {s.seed}; scheduler: {sweep.spec.scheduler.type}; "
+    goal = ", ".join(f"{mode} {metric}" for metric, mode in s.directions().items())
+    algorithm = f"{s.algorithm} ({s.sampler})" if s.multi_objective else s.algorithm
+    stop_on = sweep.spec.stop_on()
+    stops = f"asha on {stop_on[0]}" if stop_on and s.multi_objective else (
+        sweep.spec.scheduler.type)
+    lines.append(f"search: {algorithm}, {sweep.num_trials()} trials, {goal}, "
+                 f"seed {s.seed}; scheduler: {stops}; "
                  f"resources per trial: {sweep.spec.resources.cpu:g} CPU, "
                  f"{sweep.spec.resources.gpu:g} GPU")
     params = first_params(sweep)
@@ -79,7 +85,10 @@ def summary(sweep: Sweep, result: SweepResult, started: str) -> str:
     lines += ["", "trivial baselines on the same validation images:" if baselines else
               "no trivial baselines: the validation split has no label maps"]
     for name, s in baselines.items():
-        lines.append(f"  {name:<12} FG-ARI {s['fg_ari']:.3f}  mBO {s['mbo']:.3f}")
+        lines.append(f"  {name:<12} FG-ARI {s['fg_ari']:.3f}  mBO {s['mbo']:.3f}  "
+                     f"stripe {_fmt(s.get('stripe'))}")
+    if sweep.spec.search.multi_objective:
+        lines += front_lines(sweep, result, baselines)
     failed = [t for t in rows if t.outcome == "failed"]
     if failed:
         lines.append(f"\n{len(failed)} trial(s) failed: " +
@@ -92,7 +101,9 @@ def summary(sweep: Sweep, result: SweepResult, started: str) -> str:
     best = result.best(metric, mode)
     if best is not None:
         so_far = " so far" if unfinished else ""
-        lines += ["", f"best trial{so_far} {best.trial_id}: "
+        # Several objectives: the front above is the answer; this is the first one's best.
+        which = f" on {_label(metric)}" if sweep.spec.search.multi_objective else ""
+        lines += ["", f"best trial{so_far}{which} {best.trial_id}: "
                   f"FG-ARI {_fmt(best.metrics.get('val/fg_ari'))}"
                   f", mBO {_fmt(best.metrics.get('val/mbo'))}  ({_fmt_params(sweep, best)})",
                   *(["  " + against_baselines(best.metrics, baselines)] if baselines else [])]
@@ -104,6 +115,53 @@ def summary(sweep: Sweep, result: SweepResult, started: str) -> str:
         f"(Ray: {started})",
     ]
     return "\n".join(lines)
+
+
+LABELS = {"val/fg_ari": "FG-ARI", "val/mbo": "mBO", "val/stripe": "stripe"}
+
+
+def _label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def front_lines(sweep: Sweep, result: SweepResult,
+                baselines: dict[str, dict[str, float]]) -> list[str]:
+    """The Pareto front of a multi-objective sweep (its trials, their objectives and
+    parameters, best on the first objective first) and its hypervolume against the best
+    trivial baseline (`baselines` as `on_validation_set` scores them)."""
+    from slotsweep.metrics.pareto import hypervolume, reference_point
+
+    directions = sweep.spec.search.directions()
+    first, mode = next(iter(directions.items()))
+    front = sorted(result.front(directions), key=lambda t: -_val(t, first) if mode == "max"
+                   else _val(t, first))
+    keys = sweep.order()
+    so_far = " so far" if unfinished_trials(result) else ""
+    lines = ["", f"Pareto front{so_far} over " +
+             ", ".join(f"{_label(m)} ({d})" for m, d in directions.items()) +
+             f": {len(front)} of {len(result.trials)} trials",
+             "| trial | " + " | ".join(_label(m) for m in directions) + " | " +
+             " | ".join(k.split(".")[-1] for k in keys) + " | outcome |",
+             "|---" * (len(directions) + len(keys) + 2) + "|"]
+    from slotsweep.sweep.space import active_params
+
+    for t in front:
+        active = active_params(sweep, t.params)
+        lines.append(f"| {t.trial_id} | " +
+                     " | ".join(_fmt(t.metrics.get(m)) for m in directions) + " | " +
+                     " | ".join(_fmt(active.get(k)) for k in keys) + f" | {t.outcome} |")
+    references = {name: {f"val/{k}": v for k, v in s.items()} for name, s in baselines.items()}
+    found = reference_point(references, directions, sweep.spec.search.reference_point)
+    if found is None:
+        lines.append("no hypervolume: the trivial baselines are not scored on every "
+                     "objective" if baselines else "no hypervolume: no trivial baselines")
+        return lines
+    name, ref = found
+    volume = hypervolume([t.metrics for t in front], ref, directions)
+    point = ", ".join(f"{_label(m)} {_fmt(ref[m])}" for m in directions)
+    lines.append(f"hypervolume {volume:.4g} against {name} ({point})" +
+                 ("" if volume else ": no trial beats it on every objective"))
+    return lines
 
 
 def _val(t, metric: str) -> float:

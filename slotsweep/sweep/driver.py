@@ -37,10 +37,11 @@ from slotsweep.data.format import MANIFEST, read_manifest
 from slotsweep.data.reader import check_split
 from slotsweep.data.sources.synthetic import ensure_synthetic
 from slotsweep.files import atomic_write
+from slotsweep.metrics.pareto import pareto_front
 from slotsweep.sweep.callback import TrackingCallback
 from slotsweep.sweep.ledger import LEDGER, TrialRecord, ended_with, read_ledger
 from slotsweep.sweep.legacy import register_old_modules
-from slotsweep.sweep.space import param_space, scheduler, search_algorithm
+from slotsweep.sweep.space import param_space, scheduler, search_algorithm, tune_metric
 from slotsweep.sweep.spec import Sweep
 from slotsweep.sweep.storage import atomic_local_uploads, check_storage
 from slotsweep.sweep.tracking import (
@@ -72,6 +73,13 @@ class SweepResult:
             return None
         pick = max if mode == "max" else min
         return pick(scored, key=lambda t: t.metrics[metric])
+
+    def front(self, directions: dict[str, str]) -> list[TrialRecord]:
+        """The Pareto front of the trials that ended (finished or stopped early, not
+        failed) with a value for every objective, in the order of `trials`."""
+        ended = {t.trial_id: t.metrics for t in self.trials if t.outcome in OUTCOMES[:2]}
+        on = set(pareto_front(ended, directions))
+        return [t for t in self.trials if t.trial_id in on]
 
 
 def instance_dirs(sweep_dir: Path) -> list[Path]:
@@ -243,10 +251,14 @@ def run_sweep(
         _extend(sweep, instance, trainable, callback, prior, total - len(prior), verbose)
     records = collect(instance)
     _settle_runs(tracker, records)
+    result = SweepResult(sweep.name, instance, uri, tracker.experiment_id, parent, records,
+                         planned=total)
+    if sweep.spec.search.multi_objective:
+        front = {t.trial_id for t in result.front(sweep.spec.search.directions())}
+        tracker.tag_front({t.trial_id: t.trial_id in front for t in records})
     if len(records) >= total:
         tracker.end_sweep()
-    return SweepResult(sweep.name, instance, uri, tracker.experiment_id, parent, records,
-                       planned=total)
+    return result
 
 
 def _configure_tune() -> None:
@@ -298,15 +310,17 @@ def _extend(sweep: Sweep, instance: Path, trainable, callback: TrackingCallback,
     if prior:  # what the extension's search is told, for the record
         atomic_write(instance / f"{name}-warm-start.json", json.dumps({
             "trial_ids": [r.trial_id for r in prior],
-            "values": [r.metrics.get(spec.search.metric) for r in prior],
+            "values": [[r.metrics.get(m) for m in spec.search.directions()]
+                       if spec.search.multi_objective else r.metrics.get(spec.search.metric)
+                       for r in prior],
         }))
+    metric, mode = tune_metric(sweep)
     tune.Tuner(
         trainable,
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(
             search_alg=search_algorithm(sweep, prior, name), scheduler=scheduler(sweep),
-            metric=spec.search.metric, mode=spec.search.mode,
-            num_samples=math.ceil(missing / sweep.grid_size()),
+            metric=metric, mode=mode, num_samples=math.ceil(missing / sweep.grid_size()),
             reuse_actors=True,  # a worker process per trial costs ~5 s of imports
         ),
         run_config=tune.RunConfig(

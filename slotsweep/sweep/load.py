@@ -18,6 +18,7 @@ from slotsweep.sweep.spec import (
     COMPARABLE_METRICS,
     CONFIGS_DIR,
     MAX_SEEDS,
+    REPORTED_METRICS,
     VARIANT,
     Param,
     Sweep,
@@ -64,6 +65,7 @@ def load_sweep(name_or_path: str, overrides: dict[str, Any] | None = None) -> Sw
         raise ConfigError(format_validation_error(exc, str(path), SweepFile)) from None
     base = _base_config(spec, path, overrides or {})
     keys = known_keys()
+    _check_objectives(spec, path)
     if spec.published is not None:
         _check_published(spec, path)
     spec = _expand_variants_and_seeds(spec, path, keys, int(base["seed"]))
@@ -161,6 +163,23 @@ def _expand_variants_and_seeds(spec: SweepFile, path: Path, keys, base_seed: int
             raise ConfigError(f"{path}: seeds: and search_space.seed: give one of them")
         space["seed"] = Param(grid=list(range(base_seed, base_seed + spec.seeds)))
     return spec.model_copy(update={"search_space": space})
+
+
+def _check_objectives(spec: SweepFile, path: Path) -> None:
+    """The search's objectives and the scheduler's metric are metrics trials report."""
+    keys = [f"search.objectives.{m}" if spec.search.objectives else "search.metric"
+            for m in spec.search.directions()]
+    metrics = list(spec.search.directions())
+    if spec.scheduler.metric is not None:
+        keys.append("scheduler.metric")
+        metrics.append(spec.scheduler.metric)
+    for key, metric in zip(keys, metrics, strict=True):
+        if metric not in REPORTED_METRICS:
+            close = difflib.get_close_matches(metric, REPORTED_METRICS, n=1, cutoff=0.6)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else f"one of {', '.join(REPORTED_METRICS)}")
+            raise ConfigError(f"{path}: {key}: {metric!r} is not a metric that trials "
+                              f"report; {hint}")
 
 
 def _check_published(spec: SweepFile, path: Path) -> None:

@@ -83,15 +83,25 @@ def optuna_distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDis
     return out
 
 
+def objective_values(sweep: Sweep, metrics: dict[str, Any]) -> float | list[float] | None:
+    """A result as Optuna's study takes it: the objective's value, or the list of the
+    objectives' values; None unless every one is a finite number."""
+    directions = sweep.spec.search.directions()
+    values = [metrics.get(m) for m in directions]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return None
+    return [float(v) for v in values] if len(values) > 1 else float(values[0])  # type: ignore[arg-type]
+
+
 def warm_study(sweep: Sweep, prior: list[TrialRecord], name: str) -> optuna.storages.BaseStorage:
-    """An in-memory Optuna storage holding every earlier trial with its result."""
+    """An in-memory Optuna storage holding every earlier trial with its result (all its
+    objectives' values for a multi-objective search)."""
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name=name,
-                                direction="maximize" if sweep.spec.search.mode == "max"
-                                else "minimize")
+                                directions=study_directions(sweep))
     dists = optuna_distributions(sweep)
     for rec in prior:
-        value = rec.metrics.get(sweep.spec.search.metric)
+        value = objective_values(sweep, rec.metrics)
         params, used = {}, {}
         for key, v in active_params(sweep, rec.params).items():
             if key in dists:
@@ -99,9 +109,10 @@ def warm_study(sweep: Sweep, prior: list[TrialRecord], name: str) -> optuna.stor
             elif key + "#" in dists:
                 choices = getattr(sweep.spec.search_space[key], sweep.spec.search_space[key].kind)
                 params[key + "#"], used[key + "#"] = choices.index(v), dists[key + "#"]
-        ok = value is not None and math.isfinite(value)
+        ok = value is not None
         study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=used, value=value if ok else None,
+            params=params, distributions=used,
+            **({"values": value} if isinstance(value, list) else {"value": value}),
             state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
         ))
     return storage
@@ -140,21 +151,56 @@ def param_space(sweep: Sweep) -> dict[str, Any] | None:
     return space
 
 
+def tune_metric(sweep: Sweep) -> tuple[str | None, str | None]:
+    """The metric and mode for Tune's own config: the objective of a single-objective
+    search; none for several (the searcher and the scheduler each hold theirs, and Tune
+    refuses a metric given both to it and to them)."""
+    s = sweep.spec.search
+    return (None, None) if s.multi_objective else (s.metric, s.mode)
+
+
 def scheduler(sweep: Sweep):
     s = sweep.spec.scheduler
-    if s.type == "none":
+    stop_on = sweep.spec.stop_on()
+    if stop_on is None:
         return FIFOScheduler()
     steps = sweep.trial_config({}).train.steps
+    # One objective: Tune hands ASHA the metric. Several: ASHA judges the one named.
+    metric, mode = (None, None) if tune_metric(sweep)[0] else stop_on
     return ASHAScheduler(time_attr="step", max_t=steps, grace_period=min(s.grace_period, steps),
-                         reduction_factor=s.reduction_factor)
+                         reduction_factor=s.reduction_factor, metric=metric, mode=mode)
+
+
+def sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
+    """The sweep file's Optuna sampler; both take one objective or several (TPE is what
+    OptunaSearch builds by default, so single-objective sweeps draw as they always did)."""
+    startup = sweep.spec.search.startup_trials
+    if sweep.spec.search.sampler == "nsga2":
+        if startup is None:
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=startup)
+    if startup is None:
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def study_directions(sweep: Sweep) -> list[optuna.study.StudyDirection]:
+    """Optuna's direction of each objective, in the sweep file's order."""
+    return [optuna.study.StudyDirection.MAXIMIZE if mode == "max"
+            else optuna.study.StudyDirection.MINIMIZE
+            for mode in sweep.spec.search.directions().values()]
 
 
 def search_algorithm(sweep: Sweep, prior: list[TrialRecord], tune_name: str):
     s = sweep.spec.search
     if s.algorithm == "optuna":
         seed = s.seed + len(prior)  # an extension must not replay the first random draws
+        directions = s.directions()
+        several = len(directions) > 1
         alg = OptunaSearch(
-            space=OptunaSpace(sweep), metric=s.metric, mode=s.mode, seed=seed,
+            space=OptunaSpace(sweep), sampler=sampler(sweep, seed),
+            metric=list(directions) if several else s.metric,
+            mode=list(directions.values()) if several else s.mode,
             study_name=tune_name, storage=warm_study(sweep, prior, tune_name),
         )
         return ConcurrencyLimiter(alg, s.max_concurrent) if s.max_concurrent else alg

@@ -46,6 +46,10 @@ VARIANT = "variant"  # the search key of a sweep file's `variants`
 # (the probe's names are those of `slotsweep.probe.evaluate_probe`).
 COMPARABLE_METRICS = ("val/fg_ari", "val/mbo", "val/stripe", "probe/shape_acc",
                       "probe/color_r2", "probe/scale_r2", "probe/x_r2", "probe/y_r2")
+# What a search may optimise or stop on: the scores and probe results above, and the
+# validation value of each loss term (`slotsweep.losses.compute_losses`'s names).
+REPORTED_METRICS = (*COMPARABLE_METRICS, "probe/r_r2", "probe/g_r2", "probe/b_r2",
+                    *(f"val/{t}" for t in ("loss", "recon", "covariance", "variance", "cosine")))
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
 MAX_SEEDS = 1000  # a sweep file's `seeds`
 
@@ -101,16 +105,94 @@ class Param(_Section):
 
 
 class Search(_Section):
+    """One objective (`metric`, `mode`) or several (`objectives`, each metric with its
+    direction, searched by a multi-objective Optuna sampler). With `objectives`, `metric`
+    and `mode` are the first objective's: what "best" means where one ranking is asked."""
+
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     metric: str = "val/fg_ari"
     mode: Literal["max", "min"] = "max"
+    objectives: dict[str, Literal["max", "min"]] | None = None
+    sampler: Literal["tpe", "nsga2"] = "tpe"  # Optuna's: both handle several objectives
+    # Trials drawn at random before the sampler learns from results: TPE's startup
+    # trials (Optuna's default 10), NSGA-II's population (default 50). A sweep of fewer
+    # trials than this is a random search.
+    startup_trials: int | None = Field(None, ge=1)
+    # The hypervolume's reference point, a value per objective (default: the best
+    # trivial baseline's scores on the sweep's validation images).
+    reference_point: dict[str, float] | None = Field(None, strict=False)
     num_samples: int = Field(8, gt=0)
     max_concurrent: int = Field(0, ge=0)  # 0: as many as resources allow
     seed: int = Field(0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _first_objective(cls, data: Any) -> Any:
+        objectives = data.get("objectives") if isinstance(data, dict) else None
+        if objectives is None:
+            return data
+        if isinstance(objectives, (list, str)):
+            raise ValueError(
+                "objectives: give each objective its direction, a mapping of metric to "
+                "max or min (e.g. {val/fg_ari: max, val/mbo: max, val/stripe: min}), "
+                f"not {type(objectives).__name__} {objectives!r}")
+        if not isinstance(objectives, dict) or not objectives:
+            raise ValueError("objectives: needs at least one metric with its direction "
+                             "(e.g. {val/fg_ari: max, val/mbo: max})")
+        for metric, direction in objectives.items():
+            if direction not in ("max", "min"):
+                what = "no direction" if direction is None else f"direction {direction!r}"
+                raise ValueError(f"objectives.{metric}: {what}; give max or min "
+                                 f"({metric}: max)")
+        given = [k for k in ("metric", "mode") if k in data]
+        if given:
+            raise ValueError(f"{given[0]}: give either metric and mode (one objective) or "
+                             "objectives (one or several), not both")
+        metric, mode = next(iter(objectives.items()))
+        return {**data, "metric": metric, "mode": mode}
+
+    @model_validator(mode="after")
+    def _sampler_is_optuna(self) -> Search:
+        if self.startup_trials is not None and self.algorithm != "optuna":
+            raise ValueError(f"startup_trials: {self.algorithm} search draws every trial "
+                             "at random; only optuna has startup trials")
+        if self.sampler == "nsga2" and self.startup_trials == 1:
+            raise ValueError("startup_trials: NSGA-II's population needs at least 2")
+        if self.sampler != "tpe" and self.algorithm != "optuna":
+            raise ValueError(f"sampler: {self.sampler} is an Optuna sampler; "
+                             f"algorithm {self.algorithm} has none")
+        if self.objectives and len(self.objectives) > 1 and self.algorithm != "optuna":
+            raise ValueError(f"objectives: {self.algorithm} search does not learn from "
+                             "results; several objectives need algorithm: optuna")
+        if self.reference_point is not None:
+            directions = self.directions()
+            for metric, value in self.reference_point.items():
+                if metric not in directions:
+                    raise ValueError(f"reference_point.{metric}: not an objective of the "
+                                     f"search (objectives: {', '.join(directions)})")
+                if not math.isfinite(value):
+                    raise ValueError(f"reference_point.{metric}: {value} is not a finite "
+                                     "number")
+            missing = [m for m in directions if m not in self.reference_point]
+            if missing:
+                raise ValueError(f"reference_point: gives no value for {', '.join(missing)}; "
+                                 "it needs one per objective")
+        return self
+
+    def directions(self) -> dict[str, str]:
+        """Every objective with its direction (one for a single-objective search)."""
+        return dict(self.objectives) if self.objectives else {self.metric: self.mode}
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions()) > 1
+
 
 class Scheduler(_Section):
     type: Literal["asha", "none"] = "none"
+    # The objective ASHA stops on: one metric, as ASHA judges one. Default: the
+    # search's metric, and required when the search has several objectives.
+    metric: str | None = None
     grace_period: int = Field(1, gt=0)  # in training steps
     reduction_factor: float = Field(2.0, gt=1)
 
@@ -157,6 +239,29 @@ class SweepFile(_Section):
     storage: str = "runs/sweeps"
     tracking: Tracking = Tracking()
     max_failures: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _scheduler_objective(self) -> SweepFile:
+        """ASHA judges one metric: which objective, when the search has several."""
+        metric, directions = self.scheduler.metric, self.search.directions()
+        if self.scheduler.type == "none" or metric in directions:
+            return self
+        if metric is None and self.search.multi_objective:
+            raise ValueError(
+                f"scheduler.metric: ASHA judges one metric and the search has "
+                f"{len(directions)} objectives ({', '.join(directions)}); name the one "
+                "it stops trials on, or turn early stopping off (scheduler: {type: none})")
+        if metric is not None:
+            raise ValueError(f"scheduler.metric: {metric} is not an objective of the "
+                             f"search (objectives: {', '.join(directions)})")
+        return self
+
+    def stop_on(self) -> tuple[str, str] | None:
+        """(metric, mode) ASHA stops trials on; None without early stopping."""
+        if self.scheduler.type == "none":
+            return None
+        metric = self.scheduler.metric or self.search.metric
+        return metric, self.search.directions()[metric]
 
 
 class Sweep:

@@ -32,6 +32,7 @@ TAG_RETRIES = "slotsweep.retries"
 TAG_RETRY_ERROR = "slotsweep.retry_error"
 TAG_RESUMED_AT = "slotsweep.resumed_at"  # ms: when this driver took the trial over
 TAG_SAME_AS = "slotsweep.same_as"  # a repeat of an ended trial's parameters: that trial
+TAG_FRONT = "slotsweep.pareto_front"  # "true" / "false": a multi-objective sweep's front
 
 TAG_WORKDIR = "slotsweep.workdir"  # a single `slotsweep train` run: its checkpoint folder
 
@@ -254,6 +255,14 @@ class SweepTracker:
         if error:
             tags.append(RunTag(TAG_RETRY_ERROR, error[:4000]))
         self.client.log_batch(run_id, tags=tags)
+
+    def tag_front(self, front: dict[str, bool]) -> None:
+        """Tag each trial's run with whether it is on the Pareto front (trial id → bool);
+        a rerun that moves the front re-tags every run it names."""
+        for run in self.trial_runs():
+            on = front.get(run.data.tags.get(TAG_TRIAL, ""))
+            if on is not None and run.data.tags.get(TAG_FRONT) != str(on).lower():
+                self.client.set_tag(run.info.run_id, TAG_FRONT, str(on).lower())
 
     def end_sweep(self, *, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_run(), status=status)
