@@ -12,7 +12,7 @@ Pure Python on plain numbers: the summary, the MLflow tags and the report all ca
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 Directions = Mapping[str, str]  # metric -> "max" | "min"
 
@@ -23,10 +23,11 @@ def _minimised(values: Mapping[str, float], directions: Directions) -> tuple[flo
                  for m, mode in directions.items())
 
 
-def scored(values: Mapping[str, object], directions: Directions) -> bool:
-    """Whether `values` holds a finite number for every objective."""
+def scored(values: Mapping[str, object], metrics: Iterable[str]) -> bool:
+    """Whether `values` holds a finite number for every one of `metrics` (a Directions
+    mapping iterates over its objectives)."""
     return all(isinstance(values.get(m), (int, float)) and math.isfinite(values[m])  # type: ignore[arg-type]
-               for m in directions)
+               for m in metrics)
 
 
 def dominates(a: Mapping[str, float], b: Mapping[str, float], directions: Directions) -> bool:
@@ -42,6 +43,14 @@ def pareto_front(points: Mapping[str, Mapping[str, float]], directions: Directio
     candidates = {name: v for name, v in points.items() if scored(v, directions)}
     return [name for name, v in candidates.items()
             if not any(dominates(w, v, directions) for w in candidates.values())]
+
+
+def ranked_front(points: Mapping[str, Mapping[str, float]], directions: Directions) -> list[str]:
+    """`pareto_front`, best on the first objective first (ties keep the order given):
+    the order the summary and the report list the front in."""
+    first = next(iter(directions))
+    sign = -1.0 if directions[first] == "max" else 1.0
+    return sorted(pareto_front(points, directions), key=lambda n: sign * points[n][first])
 
 
 def hypervolume(points: list[Mapping[str, float]], reference: Mapping[str, float],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slotsweep.metrics.pareto import hypervolume, pareto_front, reference_point, scored
+from slotsweep.metrics.pareto import hypervolume, ranked_front, reference_point, scored
 from slotsweep.reporting.figures import hover_text
 from slotsweep.reporting.trials import TrialView, fmt, metric_label, png_uri
 
@@ -20,10 +20,11 @@ ON_FRONT = ("finished", "stopped early")  # a failed or unfinished trial is not 
 
 
 def front_trials(trials: list[TrialView], directions: dict[str, str]) -> list[TrialView]:
-    """The non-dominated trials among those that ended, in the order given."""
-    on = set(pareto_front({t.trial_id: t.metrics for t in trials if t.status in ON_FRONT},
-                          directions))
-    return [t for t in trials if t.trial_id in on]
+    """The non-dominated trials among those that ended, best on the first objective
+    first."""
+    ended = {t.trial_id: t for t in trials if t.status in ON_FRONT}
+    return [ended[k] for k in ranked_front({k: t.metrics for k, t in ended.items()},
+                                           directions)]
 
 
 def front_section(trials: list[TrialView], directions: dict[str, str], keys: list[str],
@@ -34,9 +35,7 @@ def front_section(trials: list[TrialView], directions: dict[str, str], keys: lis
     `client` reads each front trial's masks."""
     from slotsweep.sweep.tracking import latest_picture
 
-    first, mode = next(iter(directions.items()))
-    front = sorted(front_trials(trials, directions), key=lambda t: t.metrics[first],
-                   reverse=mode == "max")
+    front = front_trials(trials, directions)
     found = reference_point(references, directions, given)
     volume = (hypervolume([t.metrics for t in front], found[1], directions)
               if found is not None else None)
@@ -70,7 +69,7 @@ def front_figure(trials: list[TrialView], front: list[TrialView], directions: di
     x = metrics[0]
     y = metrics[1] if len(metrics) > 1 else "val/mbo"
     colour = metrics[2] if len(metrics) > 2 else "val/stripe"
-    shown = [t for t in trials if t.status in ON_FRONT and scored(t.metrics, {x: "", y: ""})]
+    shown = [t for t in trials if t.status in ON_FRONT and scored(t.metrics, (x, y))]
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[t.metrics[x] for t in shown], y=[t.metrics[y] for t in shown], mode="markers",
@@ -87,7 +86,7 @@ def front_figure(trials: list[TrialView], front: list[TrialView], directions: di
         hoverinfo="text", marker={"size": 20, "symbol": "circle-open",
                                   "line": {"width": 2.5, "color": "#c44e52"}},
     ))
-    placed = {n: s for n, s in references.items() if scored(s, {x: "", y: ""})}
+    placed = {n: s for n, s in references.items() if scored(s, (x, y))}
     if placed:
         fig.add_trace(go.Scatter(
             x=[s[x] for s in placed.values()], y=[s[y] for s in placed.values()],

@@ -132,9 +132,7 @@ def front_lines(sweep: Sweep, result: SweepResult,
     from slotsweep.metrics.pareto import hypervolume, reference_point
 
     directions = sweep.spec.search.directions()
-    first, mode = next(iter(directions.items()))
-    front = sorted(result.front(directions), key=lambda t: -_val(t, first) if mode == "max"
-                   else _val(t, first))
+    front = result.front(directions)
     keys = sweep.order()
     so_far = " so far" if unfinished_trials(result) else ""
     lines = ["", f"Pareto front{so_far} over " +

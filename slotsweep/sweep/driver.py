@@ -37,7 +37,7 @@ from slotsweep.data.format import MANIFEST, read_manifest
 from slotsweep.data.reader import check_split
 from slotsweep.data.sources.synthetic import ensure_synthetic
 from slotsweep.files import atomic_write
-from slotsweep.metrics.pareto import pareto_front
+from slotsweep.metrics.pareto import ranked_front
 from slotsweep.sweep.callback import TrackingCallback
 from slotsweep.sweep.ledger import LEDGER, TrialRecord, ended_with, read_ledger
 from slotsweep.sweep.legacy import register_old_modules
@@ -76,10 +76,10 @@ class SweepResult:
 
     def front(self, directions: dict[str, str]) -> list[TrialRecord]:
         """The Pareto front of the trials that ended (finished or stopped early, not
-        failed) with a value for every objective, in the order of `trials`."""
-        ended = {t.trial_id: t.metrics for t in self.trials if t.outcome in OUTCOMES[:2]}
-        on = set(pareto_front(ended, directions))
-        return [t for t in self.trials if t.trial_id in on]
+        failed) with a value for every objective, best on the first objective first."""
+        ended = {t.trial_id: t for t in self.trials if t.outcome in OUTCOMES[:2]}
+        return [ended[k] for k in ranked_front({k: t.metrics for k, t in ended.items()},
+                                               directions)]
 
 
 def instance_dirs(sweep_dir: Path) -> list[Path]:
@@ -156,7 +156,8 @@ def collect(instance: Path) -> list[TrialRecord]:
     return list(records.values())
 
 
-def discard_unrecorded(tracker: SweepTracker, instance: Path) -> list[str]:
+def discard_unrecorded(tracker: SweepTracker, instance: Path,
+                       records: list[TrialRecord] | None = None) -> list[str]:
     """Discard the MLflow runs of trials that neither a Tune experiment of `instance`
     (one that can be restored) nor the ledger knows; returns their trial ids.
 
@@ -165,8 +166,10 @@ def discard_unrecorded(tracker: SweepTracker, instance: Path) -> list[str]:
     run: the rerun does not know the trial and starts its parameters again under a new
     id, so the old run would show the same trial twice, RUNNING forever. It ran at most
     the snapshot period (1 s) beyond what Tune recorded, and never ended (an ended trial
-    is in the ledger, and its run is kept)."""
-    known = {r.trial_id for r in collect(instance)} | set(read_ledger(instance / LEDGER))
+    is in the ledger, and its run is kept). `records`: `collect(instance)`, if the
+    caller has it."""
+    records = collect(instance) if records is None else records
+    known = {r.trial_id for r in records} | set(read_ledger(instance / LEDGER))
     discarded = []
     for run in tracker.trial_runs():
         trial_id = run.data.tags.get(TAG_TRIAL)
@@ -242,8 +245,9 @@ def run_sweep(
     )
     _configure_tune()
 
-    discard_unrecorded(tracker, instance)
-    callback.known = {r.trial_id for r in collect(instance)}
+    before = collect(instance)
+    discard_unrecorded(tracker, instance, before)
+    callback.known = {r.trial_id for r in before}
     stopped = _resume(instance, trainable, callback)
     prior = collect(instance)
     callback.known = {r.trial_id for r in prior}

@@ -175,11 +175,14 @@ def _check_objectives(spec: SweepFile, path: Path) -> None:
         metrics.append(spec.scheduler.metric)
     for key, metric in zip(keys, metrics, strict=True):
         if metric not in REPORTED_METRICS:
-            close = difflib.get_close_matches(metric, REPORTED_METRICS, n=1, cutoff=0.6)
-            hint = (f"did you mean {close[0]!r}?" if close
-                    else f"one of {', '.join(REPORTED_METRICS)}")
             raise ConfigError(f"{path}: {key}: {metric!r} is not a metric that trials "
-                              f"report; {hint}")
+                              f"report; {_closest(metric, REPORTED_METRICS)}")
+
+
+def _closest(name: str, names) -> str:
+    """The hint for a name that is not one of `names`: the closest, else all of them."""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"one of {', '.join(names)}"
 
 
 def _check_published(spec: SweepFile, path: Path) -> None:
@@ -193,11 +196,8 @@ def _check_published(spec: SweepFile, path: Path) -> None:
                               f"(variants: {', '.join(spec.variants)})")
         for metric, value in metrics.items():
             if metric not in COMPARABLE_METRICS:
-                close = difflib.get_close_matches(metric, COMPARABLE_METRICS, n=1, cutoff=0.6)
-                hint = (f"did you mean {close[0]!r}?" if close
-                        else f"one of {', '.join(COMPARABLE_METRICS)}")
                 raise ConfigError(f"{path}: published.values.{name}.{metric}: not a reported "
-                                  f"metric; {hint}")
+                                  f"metric; {_closest(metric, COMPARABLE_METRICS)}")
             if not math.isfinite(value):
                 raise ConfigError(f"{path}: published.values.{name}.{metric}: {value} is not "
                                   "a finite number")

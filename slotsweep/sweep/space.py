@@ -10,7 +10,6 @@ An extension of a finished sweep warm-starts Optuna with every earlier result
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
@@ -19,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from slotsweep.metrics.pareto import scored
 from slotsweep.sweep.ledger import TrialRecord
 from slotsweep.sweep.spec import Param, Sweep
 
@@ -87,10 +87,10 @@ def objective_values(sweep: Sweep, metrics: dict[str, Any]) -> float | list[floa
     """A result as Optuna's study takes it: the objective's value, or the list of the
     objectives' values; None unless every one is a finite number."""
     directions = sweep.spec.search.directions()
-    values = [metrics.get(m) for m in directions]
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+    if not scored(metrics, directions):
         return None
-    return [float(v) for v in values] if len(values) > 1 else float(values[0])  # type: ignore[arg-type]
+    values = [float(metrics[m]) for m in directions]
+    return values if len(values) > 1 else values[0]
 
 
 def warm_study(sweep: Sweep, prior: list[TrialRecord], name: str) -> optuna.storages.BaseStorage:
