@@ -1,0 +1,153 @@
+"""Real servers on 127.0.0.1 for the tests about remote state: PostgreSQL (Debian's, a
+fresh `initdb` in a temporary folder), an S3 endpoint (`moto_server`, a process of its
+own, not an in-process mock) and `mlflow server` over either. Each is ended by PID.
+
+Root cannot run PostgreSQL: as root (CI), the server runs as Debian's `postgres` user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.browser import free_port
+from tests.support.sweeps import end_session
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+
+def _wait(ready, proc: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            end_session(proc.pid)
+            raise RuntimeError(f"{what} did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.2)
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
+def postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    if os.environ.get("CI"):
+        pytest.fail("PostgreSQL is missing: .ci/run installs Debian's postgresql")
+    pytest.skip("Debian's postgresql is not installed")
+    raise AssertionError  # unreachable: skip raises
+
+
+@contextlib.contextmanager
+def postgres(log: Path, timeout: float = 60, *, fsync: bool = False) -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 in a fresh data folder; yields its SQLAlchemy URI
+    (database `mlflow`, user `slotsweep`, trust authentication on loopback; the
+    driver named, since SQLAlchemy 2.0 and 2.1 default to different ones). `fsync`: commits
+    reach the disk, as on a deployed server (off by default: tests need no durability)."""
+    as_root = os.geteuid() == 0
+    user = "postgres" if as_root else None
+    # Not under pytest's tmp_path: root's 0700 folders keep the postgres user out.
+    data = Path(tempfile.mkdtemp(prefix="slotsweep-pg-"))
+    try:
+        if as_root:
+            shutil.chown(data, user="postgres", group="postgres")
+        subprocess.run([postgres_bin("initdb"), "-D", str(data / "db"), "-U", "slotsweep",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, user=user,
+                       capture_output=True, timeout=120)
+        port = free_port()
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [postgres_bin("postgres"), "-D", str(data / "db"), "-h", "127.0.0.1",
+                 "-p", str(port), "-k", str(data), "-c", f"fsync={'on' if fsync else 'off'}",
+                 "-c", "max_connections=300"],
+                user=user, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            ready = [postgres_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]
+            _wait(lambda: subprocess.run(ready).returncode == 0, proc, log, "PostgreSQL",
+                  timeout)
+            subprocess.run([postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port),
+                            "-U", "slotsweep", "mlflow"], check=True, timeout=60)
+            yield f"postgresql+psycopg://slotsweep@127.0.0.1:{port}/mlflow"
+        finally:
+            end_session(proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def s3_server(log: Path, timeout: float = 60) -> Iterator[dict[str, str]]:
+    """`moto_server` on 127.0.0.1; yields the environment a client needs to use it
+    (endpoint and fake credentials, for pyarrow, boto3 and MLflow alike)."""
+    port = free_port()
+    moto = str(Path(sys.executable).with_name("moto_server"))
+    with log.open("w") as out:
+        proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: _listening(port), proc, log, "moto_server", timeout)
+        endpoint = f"http://127.0.0.1:{port}"
+        yield {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint,
+               "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    finally:
+        end_session(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+
+def make_bucket(env: dict[str, str], bucket: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=bucket)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, log: Path, *, artifacts: str | None = None,
+                  env: dict[str, str] | None = None, timeout: float = 120
+                  ) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over `backend_uri`, serving artifacts from
+    `artifacts` (e.g. `s3://bucket/mlartifacts`) when given; yields its URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifacts:
+        cmd += ["--artifacts-destination", artifacts]
+    full_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        _wait(healthy, proc, log, "mlflow server", timeout)
+        yield url
+    finally:
+        end_session(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
