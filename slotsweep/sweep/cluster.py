@@ -52,17 +52,36 @@ def _ray_start_cluster() -> str | None:
 
 
 def check_resources(sweep: Sweep, *, started_locally: bool) -> None:
-    """Fail before any trial starts when no node could ever run one."""
+    """Fail before any trial starts when no node of a local Ray instance could run one.
+
+    A trial's CPUs and GPUs must all be on one node, so the largest node counts, not the
+    cluster's sum. A cluster that was joined may grow: an autoscaler (`ray up`, KubeRay)
+    adds GPU workers when trials wait for them, and this driver cannot tell whether one
+    runs. There a trial that no node can hold now is a warning, not an error.
+    """
     need = sweep.spec.resources
-    have = ray.cluster_resources()
-    if need.gpu > 0 and have.get("GPU", 0) == 0 and started_locally:
-        raise ConfigError(
-            f"{sweep.path}: resources.gpu: {need.gpu} GPU per trial, but this Ray cluster "
-            "has no GPU; run it on the CPUs with --gpus-per-trial 0 --set train.device=cpu "
-            "(or set resources.gpu: 0 and train.device: cpu), or on a GPU cluster"
-        )
-    if need.cpu > have.get("CPU", 0) and started_locally:
-        raise ConfigError(
-            f"{sweep.path}: resources.cpu: {need.cpu} CPUs per trial, but this Ray cluster "
-            f"has {have.get('CPU', 0):g}; lower it (--cpus-per-trial N)"
-        )
+    gpus, cpus = _largest_node()
+    problem = None
+    if need.gpu > gpus:
+        has = "no GPU" if gpus == 0 else f"at most {gpus:g} GPU on a node"
+        problem = (f"{sweep.path}: resources.gpu: {need.gpu} GPU per trial, but this Ray "
+                   f"cluster has {has}")
+        way_out = ("run it on the CPUs with --gpus-per-trial 0 --set train.device=cpu "
+                   "(or set resources.gpu: 0 and train.device: cpu), or on a GPU cluster")
+    elif need.cpu > cpus:
+        problem = (f"{sweep.path}: resources.cpu: {need.cpu} CPUs per trial, but this Ray "
+                   f"cluster has {cpus:g}" + ("" if started_locally else " on its largest node"))
+        way_out = "lower it (--cpus-per-trial N)"
+    if problem is None:
+        return
+    if started_locally:
+        raise ConfigError(f"{problem}; {way_out}")
+    log.warning("%s now; its trials wait until a node that can hold one joins (an "
+                "autoscaler's worker); Ctrl-C stops the sweep, or %s", problem, way_out)
+
+
+def _largest_node() -> tuple[float, float]:
+    """(GPUs, CPUs) of the alive nodes with the most of each."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return (max((n.get("GPU", 0.0) for n in nodes), default=0.0),
+            max((n.get("CPU", 0.0) for n in nodes), default=0.0))

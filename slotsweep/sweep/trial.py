@@ -19,6 +19,7 @@ from slotsweep.config_io import ConfigError
 from slotsweep.data.format import ShardError
 from slotsweep.files import atomic_write
 from slotsweep.sweep.ledger import ended_before
+from slotsweep.sweep.placement import placement
 from slotsweep.sweep.spec import Sweep
 from slotsweep.training import checkpoint as ckpt
 from slotsweep.training.loop import NonFiniteLossError, OutOfMemoryError, fit
@@ -58,7 +59,7 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, **placement(config.train.device)}, checkpoint=checkpoint)
 
     resent = ckpt.reported(local) if local is not None and resume_from is local else None
     if resent is not None:

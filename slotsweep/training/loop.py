@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from slotsweep.config import TrainConfig, TrialConfig
-from slotsweep.config_io import ConfigError
 from slotsweep.data.batches import Batches, free_device_bytes, stage_on_device, to_model_inputs
 from slotsweep.data.sources.synthetic import default_workers, ensure_synthetic
 from slotsweep.losses import compute_losses
 from slotsweep.models import build_model
 from slotsweep.training import checkpoint
+from slotsweep.training.devices import pick_device
 from slotsweep.training.evaluate import evaluate
 
 Report = Callable[[dict[str, float], str | None], None]
@@ -69,15 +69,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda', but no CUDA device is visible here; "
-                          "set train.device=cpu (or auto)")
-    return torch.device(name)
 
 
 class _Window:
