@@ -227,11 +227,11 @@ def report(sweep: Sweep, *, storage: str | None = None, tracking_uri: str | None
            with_baselines: bool = True) -> tuple[dict[str, Any], int]:
     """What the page shows for `sweep`'s latest instance (or `instance`), and its trial
     count: `render` makes the HTML of it, `markdown` the summary tables."""
-    from slotsweep.sweep.driver import instance_dirs
-    from slotsweep.sweep.tracking import default_tracking_uri, open_experiment
+    from slotsweep.sweep.driver import instance_dirs, sweep_location, tracking_default
+    from slotsweep.sweep.tracking import open_experiment
 
-    sweep_dir = Path(storage or sweep.spec.storage).resolve() / sweep.name
-    uri = tracking_uri or sweep.spec.tracking.uri or default_tracking_uri(sweep_dir)
+    sweep_dir = sweep_location(sweep, storage)
+    uri = tracking_default(sweep, sweep_dir, tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"{sweep.name}: no MLflow store at {uri}; run the sweep first "
                           f"(python -m slotsweep.run {sweep.name}) or pass --tracking-uri")

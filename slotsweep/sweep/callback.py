@@ -3,14 +3,17 @@ resumed driver logs nothing twice) and records each trial that ends in the ledge
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ray.tune import Callback
 
-from slotsweep.sweep.ledger import append_ledger, ended_before, ended_with, read_ledger
+from slotsweep.sweep.ledger import Ledger, ended_with
 from slotsweep.sweep.space import active_params
 from slotsweep.sweep.spec import VARIANT, Sweep
 from slotsweep.sweep.storage import StorageFault, storage_fault, unwritable
@@ -32,7 +35,7 @@ def stop_on_storage_faults(method):
             sign = self.storage_sign(exc)
             if sign is None:
                 raise
-            raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign}"
+            raise StorageFault(f"{self.ledger.instance.parent}: the sweep storage {sign}"
                                ) from exc
 
     return wrapper
@@ -47,7 +50,7 @@ class TrackingCallback(Callback):
     # changed. While a driver sets `current`, a callback unpickled takes its state.
     current: ClassVar[TrackingCallback | None] = None
 
-    def __init__(self, sweep: Sweep, tracker: SweepTracker, ledger: Path,
+    def __init__(self, sweep: Sweep, tracker: SweepTracker, ledger: Ledger,
                  dataset_id: str) -> None:
         self.sweep, self.tracker, self.ledger, self.dataset_id = sweep, tracker, ledger, dataset_id
         # Trials Tune's records of this instance held when the driver started them (the
@@ -74,10 +77,13 @@ class TrackingCallback(Callback):
     def storage_sign(self, error: BaseException | str | None) -> str | None:
         """Why the sweep's storage failed, if it did: the sign in the error, else what a
         probe write into this instance's folder says (for errors that do not name it)."""
-        return storage_fault(error) or unwritable(self.ledger.parent)
+        sign = storage_fault(error)
+        if sign is None and not self.ledger.instance.remote:
+            sign = unwritable(self.ledger.instance.path)
+        return sign
 
     def _replay(self, trial) -> bool:
-        return ended_before(self.ledger, trial.trial_id, trial.config) is not None
+        return self.ledger.ended_before(trial.trial_id, trial.config) is not None
 
     @stop_on_storage_faults
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -97,17 +103,17 @@ class TrackingCallback(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if (trial.last_result or {}).get(REPLAYED):
             return
-        picture = Path(checkpoint.path) / "masks.png"
-        if picture.is_file():
-            step = int(trial.last_result.get("step", 0))
-            self.tracker.log_artifact(self._run(trial), picture, f"masks/step-{step:08d}")
+        step = int(trial.last_result.get("step", 0))
+        with _picture(checkpoint) as picture:
+            if picture is not None:
+                self.tracker.log_artifact(self._run(trial), picture, f"masks/step-{step:08d}")
 
     def _end(self, trial, outcome: str, error: str | None = None) -> None:
         run = self._run(trial)
         self.tracker.end_trial(run, outcome=outcome, error=error)
         last = _metrics(trial.last_result or {})
-        append_ledger(self.ledger, {"trial_id": trial.trial_id, "outcome": outcome,
-                                    "params": trial.config, "metrics": last, "error": error})
+        self.ledger.append({"trial_id": trial.trial_id, "outcome": outcome,
+                            "params": trial.config, "metrics": last, "error": error})
 
     @stop_on_storage_faults
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -123,7 +129,7 @@ class TrackingCallback(Callback):
         small discrete space makes Optuna suggest some twice); None when it replayed its
         own entry, or stands in for a trial that Tune lost with a driver (the ledger is
         then that trial's record, and `driver.collect` gives it this trial's result)."""
-        entries = read_ledger(self.ledger)
+        entries = self.ledger.read()
         original = None if trial.trial_id in entries else ended_with(entries, trial.config)
         if original is None:
             return None
@@ -141,10 +147,9 @@ class TrackingCallback(Callback):
             self.tracker.log_result(run, metrics, step=int(metrics["step"]),
                                     timestamp_ms=int(time.time() * 1000))
         self.tracker.end_trial(run, outcome=original["outcome"], error=original.get("error"))
-        append_ledger(self.ledger, {"trial_id": trial.trial_id, "outcome": original["outcome"],
-                                    "params": trial.config, "metrics": metrics,
-                                    "error": original.get("error"),
-                                    "same_as": original["trial_id"]})
+        self.ledger.append({"trial_id": trial.trial_id, "outcome": original["outcome"],
+                            "params": trial.config, "metrics": metrics,
+                            "error": original.get("error"), "same_as": original["trial_id"]})
 
     @stop_on_storage_faults
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -164,9 +169,29 @@ class TrackingCallback(Callback):
         error = _error_line(trial)
         sign = self.storage_sign(error)
         if sign is not None:  # not the trial's fault: stop, and resume it next time
-            raise StorageFault(f"{self.ledger.parent.parent}: the sweep storage {sign} "
+            raise StorageFault(f"{self.ledger.instance.parent}: the sweep storage {sign} "
                                f"(trial {trial.trial_id} could not write its checkpoint)")
         self._end(trial, "failed", error)
+
+
+@contextlib.contextmanager
+def _picture(checkpoint) -> Iterator[Path | None]:
+    """The checkpoint's mask picture as a local file, if it has one: the file itself on a
+    local storage, a temporary copy when the checkpoint is in object storage."""
+    from pyarrow import fs as pafs
+
+    key = f"{checkpoint.path.rstrip('/')}/masks.png"
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield Path(key) if Path(key).is_file() else None
+        return
+    if checkpoint.filesystem.get_file_info(key).type != pafs.FileType.File:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="slotsweep-picture-") as tmp:
+        local = Path(tmp) / "masks.png"
+        with checkpoint.filesystem.open_input_stream(key) as fin:
+            local.write_bytes(fin.read())
+        yield local
 
 
 def _error_line(trial) -> str | None:

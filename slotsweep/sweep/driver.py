@@ -2,12 +2,18 @@
 
 Layout of a sweep's storage (`<storage>/<name>/`):
 
-    mlflow.db, mlartifacts/        default MLflow store (all instances of the sweep)
+    mlflow.db, mlartifacts/        default MLflow store (all instances of the sweep;
+                                   a local storage only: object storage needs a server)
     run-001/                       one instance; `--fresh` starts run-002, ...
         tune-000/                  the Tune experiment (restorable)
         tune-001/                  an extension (`--num-samples` raised after the end)
-        ledger.jsonl               trials that ended: a resumed trial listed here
+        ledger.jsonl (ledger/)     trials that ended: a resumed trial listed here
                                    reports its recorded result instead of training
+        work/TRIAL_ID/             the trainer's checkpoints (on object storage, they
+                                   stay on the node; Tune's checkpoints are shared)
+
+The storage is a local (or NFS) folder or an object-storage prefix (`s3://bucket/sweeps`):
+`Location` hides which (Tune reads either through pyarrow).
 
 A rerun of the same command resumes the newest instance: Tune restores the newest
 experiment (finished trials are not rerun, unfinished ones continue from their last
@@ -25,7 +31,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +38,15 @@ from typing import Any
 from ray import tune
 
 from slotsweep.config import TrialConfig
+from slotsweep.config_io import ConfigError
 from slotsweep.data.format import MANIFEST, read_manifest
 from slotsweep.data.reader import check_split
 from slotsweep.data.sources.synthetic import ensure_synthetic
-from slotsweep.files import atomic_write
 from slotsweep.metrics.pareto import ranked_front
 from slotsweep.sweep.callback import TrackingCallback
-from slotsweep.sweep.ledger import LEDGER, TrialRecord, ended_with, read_ledger
+from slotsweep.sweep.ledger import Ledger, TrialRecord, ended_with
 from slotsweep.sweep.legacy import register_old_modules
+from slotsweep.sweep.location import Location
 from slotsweep.sweep.space import param_space, scheduler, search_algorithm, tune_metric
 from slotsweep.sweep.spec import Sweep
 from slotsweep.sweep.storage import atomic_local_uploads, check_storage
@@ -60,7 +66,7 @@ UNFINISHED = ("pending", "running", "paused")  # Tune's status of a trial a stop
 @dataclass
 class SweepResult:
     name: str
-    instance_dir: Path
+    instance_dir: Location
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -82,11 +88,18 @@ class SweepResult:
                                                directions)]
 
 
-def instance_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in sweep_dir.glob("run-*") if p.is_dir())
+def sweep_location(sweep: Sweep, storage: str | None) -> Location:
+    """The sweep's folder: `--storage` (or $SLOTSWEEP_STORAGE), else the sweep file's."""
+    return Location.of(storage or sweep.spec.storage) / sweep.name
 
 
-def pick_instance(sweep_dir: Path, fresh: bool) -> Path:
+def instance_dirs(sweep_dir: Location | Path) -> list[Location]:
+    if isinstance(sweep_dir, Path):
+        sweep_dir = Location.of(sweep_dir)
+    return sweep_dir.children("run-*")
+
+
+def pick_instance(sweep_dir: Location, fresh: bool) -> Location:
     existing = instance_dirs(sweep_dir)
     if existing and not fresh:
         return existing[-1]
@@ -103,11 +116,11 @@ def dataset_id(config: TrialConfig) -> str:
     return f"{path.name}:{manifest['num_rows']}:{digest}"
 
 
-def experiments_of(instance: Path) -> list[Path]:
-    return sorted(p for p in instance.glob("tune-*") if p.is_dir())
+def experiments_of(instance: Location) -> list[Location]:
+    return instance.children("tune-*")
 
 
-def experiment_complete(experiment: Path) -> bool:
+def experiment_complete(experiment: Location) -> bool:
     """Whether a Tune experiment ran to its end: every trial it planned exists and has
     ended. A Ctrl-C'd `fit()` returns like a finished one, with trials pending or running
     (or, searches being lazy, not yet created); taking that for the end would start an
@@ -115,13 +128,13 @@ def experiment_complete(experiment: Path) -> bool:
     trials = tune.ExperimentAnalysis(str(experiment)).trials
     if any(t.status.lower() in UNFINISHED for t in trials):
         return False
-    plan = experiment.with_name(f"{experiment.name}-plan.json")  # absent before 2026-11-26
-    return not plan.is_file() or len(trials) >= json.loads(plan.read_text())["trials"]
+    plan = experiment.parent / f"{experiment.name}-plan.json"  # absent before 2026-11-26
+    return not plan.exists() or len(trials) >= json.loads(plan.read_text())["trials"]
 
 
-def collect(instance: Path) -> list[TrialRecord]:
+def collect(instance: Location) -> list[TrialRecord]:
     """Every trial of every Tune experiment of this instance, with its last result."""
-    ledger = read_ledger(instance / LEDGER)
+    ledger = Ledger(instance).read()
     records: dict[str, TrialRecord] = {}
     copied: list[tuple[str, dict[str, Any]]] = []  # re-suggested copies: (id, config)
     for exp in experiments_of(instance):
@@ -156,7 +169,7 @@ def collect(instance: Path) -> list[TrialRecord]:
     return list(records.values())
 
 
-def discard_unrecorded(tracker: SweepTracker, instance: Path,
+def discard_unrecorded(tracker: SweepTracker, instance: Location,
                        records: list[TrialRecord] | None = None) -> list[str]:
     """Discard the MLflow runs of trials that neither a Tune experiment of `instance`
     (one that can be restored) nor the ledger knows; returns their trial ids.
@@ -169,7 +182,7 @@ def discard_unrecorded(tracker: SweepTracker, instance: Path,
     is in the ledger, and its run is kept). `records`: `collect(instance)`, if the
     caller has it."""
     records = collect(instance) if records is None else records
-    known = {r.trial_id for r in records} | set(read_ledger(instance / LEDGER))
+    known = {r.trial_id for r in records} | set(Ledger(instance).read())
     discarded = []
     for run in tracker.trial_runs():
         trial_id = run.data.tags.get(TAG_TRIAL)
@@ -204,8 +217,25 @@ def preflight(sweep: Sweep, *, storage: str | None, tracking_uri: str | None) ->
     """Everything that can fail before Ray starts or the storage is touched: the base
     config's data, the tracking server, the storage's room and permissions."""
     check_data(sweep.trial_config({}))
+    sweep_dir = sweep_location(sweep, storage)
+    tracking_default(sweep, sweep_dir, tracking_uri)
     check_tracking_server(tracking_uri or sweep.spec.tracking.uri or "")
-    check_storage(Path(storage or sweep.spec.storage).resolve() / sweep.name)
+    check_storage(sweep_dir)
+
+
+def tracking_default(sweep: Sweep, sweep_dir: Location, tracking_uri: str | None) -> str:
+    """The tracking URI: `--tracking-uri`, else the sweep file's, else SQLite beside a
+    local storage. Object storage holds no SQLite database (it needs locks and in-place
+    writes): there a tracking server must be named."""
+    uri = tracking_uri or sweep.spec.tracking.uri
+    if uri:
+        return uri
+    if sweep_dir.remote:
+        raise ConfigError(
+            f"{sweep.path}: tracking.uri: the sweep's storage {sweep_dir} is object "
+            "storage, which cannot hold the default SQLite tracking store; name an MLflow "
+            "server (--tracking-uri http://HOST:5000, $MLFLOW_TRACKING_URI, or tracking.uri)")
+    return default_tracking_uri(sweep_dir.path)
 
 
 def run_sweep(
@@ -225,22 +255,23 @@ def run_sweep(
     base = sweep.trial_config({})
     check_data(base)
     total = sweep.num_trials(num_samples)  # a grid: num_samples passes over the grid
-    sweep_dir = Path(storage or sweep.spec.storage).resolve() / sweep.name
+    sweep_dir = sweep_location(sweep, storage)
     check_storage(sweep_dir)
     instance = pick_instance(sweep_dir, fresh)
-    instance.mkdir(parents=True, exist_ok=True)
+    instance.mkdir()
     if base.data.synthetic:  # once, here, rather than racing in every trial
         ensure_synthetic(base.data, resolution=base.model.resolution)
 
-    uri = tracking_uri or sweep.spec.tracking.uri or default_tracking_uri(sweep_dir)
+    uri = tracking_default(sweep, sweep_dir, tracking_uri)
+    # Artifacts: beside a local storage; with object storage, where the server says.
+    artifacts = None if sweep_dir.remote else sweep_dir.path / "mlartifacts"
     tracker = SweepTracker(uri, sweep.spec.tracking.experiment or sweep.name, sweep.name,
-                           f"{sweep.name}/{instance.name}", artifact_root=sweep_dir / "mlartifacts")
+                           f"{sweep.name}/{instance.name}", artifact_root=artifacts)
     parent = tracker.parent_run()
     tracker.client.log_text(parent, sweep.path.read_text(), "sweep.yaml")
-    callback = TrackingCallback(sweep, tracker, instance / LEDGER, dataset_id(base))
+    callback = TrackingCallback(sweep, tracker, Ledger(instance), dataset_id(base))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=sweep, ledger=str(instance / LEDGER),
-                             work=str(instance / "work")),
+        tune.with_parameters(run_trial, sweep=sweep, instance=str(instance)),
         {"cpu": sweep.spec.resources.cpu, "gpu": sweep.spec.resources.gpu},
     )
     _configure_tune()
@@ -283,14 +314,14 @@ def _configure_tune() -> None:
     register_old_modules()  # the pickles of a storage written by an older layout
 
 
-def _resume(instance: Path, trainable, callback: TrackingCallback) -> bool:
+def _resume(instance: Location, trainable, callback: TrackingCallback) -> bool:
     """Resume the instance's newest Tune experiment, if there is one to resume; True if
     it stopped before its end (Ctrl-C: the next run resumes it again)."""
     experiments = experiments_of(instance)
     if not experiments:
         return False
     if not tune.Tuner.can_restore(str(experiments[-1])):
-        shutil.rmtree(experiments[-1])  # it never got its first snapshot: start over
+        experiments[-1].remove_tree()  # it never got its first snapshot: start over
         return False
     # resume_errored: a trial stopped by a storage fault continues from its checkpoint;
     # a trial that failed on its own replays its ledger entry or fails at once.
@@ -304,15 +335,15 @@ def _resume(instance: Path, trainable, callback: TrackingCallback) -> bool:
     return not experiment_complete(experiments[-1])
 
 
-def _extend(sweep: Sweep, instance: Path, trainable, callback: TrackingCallback,
+def _extend(sweep: Sweep, instance: Location, trainable, callback: TrackingCallback,
             prior: list[TrialRecord], missing: int, verbose: int) -> None:
     """Run `missing` more trials in a new Tune experiment of the instance, its search
     told every earlier result."""
     spec = sweep.spec
     name = f"tune-{len(experiments_of(instance)):03d}"
-    atomic_write(instance / f"{name}-plan.json", json.dumps({"trials": missing}))
+    (instance / f"{name}-plan.json").write(json.dumps({"trials": missing}))
     if prior:  # what the extension's search is told, for the record
-        atomic_write(instance / f"{name}-warm-start.json", json.dumps({
+        (instance / f"{name}-warm-start.json").write(json.dumps({
             "trial_ids": [r.trial_id for r in prior],
             "values": [[r.metrics.get(m) for m in spec.search.directions()]
                        if spec.search.multi_objective else r.metrics.get(spec.search.metric)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from slotsweep.files import atomic_path
+from slotsweep.sweep.location import Location
 
 
 def atomic_local_uploads() -> None:
@@ -60,7 +61,14 @@ def atomic_local_uploads() -> None:
 STORAGE_SIGNS = {"No space left on device": "full", "database or disk is full": "full",
                  "Disk quota exceeded": "over quota", "Read-only file system": "read-only",
                  "attempt to write a readonly database": "read-only",
-                 "unable to open database file": "read-only"}
+                 "unable to open database file": "read-only",
+                 # object storage, as pyarrow's S3 client words it
+                 "Couldn't connect to server": "unreachable",
+                 "Could not connect to": "unreachable",
+                 "ACCESS_DENIED": "refusing access", "AccessDenied": "refusing access",
+                 "INVALID_ACCESS_KEY_ID": "refusing the credentials",
+                 "SIGNATURE_DOES_NOT_MATCH": "refusing the credentials",
+                 "NO_SUCH_BUCKET": "missing its bucket", "NoSuchBucket": "missing its bucket"}
 
 
 MIN_FREE_MB = int(os.environ.get("SLOTSWEEP_MIN_FREE_MB", "50"))
@@ -117,10 +125,17 @@ def unwritable(directory: Path) -> str | None:
     return None
 
 
-def check_storage(path: Path, min_free_mb: int = MIN_FREE_MB) -> None:
-    """Fail before anything runs when `path` (or its nearest existing parent) cannot be
-    written or has less than `min_free_mb` MB free. Leaves nothing behind."""
-    probe_dir = path
+def check_storage(where: Location | Path, min_free_mb: int = MIN_FREE_MB) -> None:
+    """Fail before anything runs when the sweep's storage cannot be written: a local
+    folder (or its nearest existing parent) unwritable or with less than `min_free_mb`
+    MB free; object storage that cannot be reached, has no such bucket or refuses the
+    credentials. Leaves nothing behind."""
+    if isinstance(where, Location):
+        if where.remote:
+            check_remote_storage(where)
+            return
+        where = where.path
+    probe_dir = where
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     try:
@@ -133,3 +148,20 @@ def check_storage(path: Path, min_free_mb: int = MIN_FREE_MB) -> None:
         raise StorageFault(f"{probe_dir}: the sweep storage has {free:.0f} MB free, less "
                            f"than {min_free_mb} MB (SLOTSWEEP_MIN_FREE_MB); free some space "
                            "or pass --storage")
+
+
+def check_remote_storage(where: Location) -> None:
+    """Write, read back and delete one small object under `where`."""
+    probe = where / f".slotsweep-probe-{os.getpid()}"
+    try:
+        probe.write(b"x")
+        if probe.read_bytes() != b"x":
+            raise OSError("the object read back differs from the one written")
+        probe.remove()
+    except (OSError, ValueError) as exc:
+        sign = storage_fault(exc) or "cannot be written"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageFault(
+            f"{where}: the sweep storage {sign.split(':')[0]} ({detail}); check that the "
+            "bucket exists, the credentials (AWS_PROFILE, the instance role) may write it, "
+            "and AWS_ENDPOINT_URL for an S3-compatible endpoint") from None

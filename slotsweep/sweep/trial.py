@@ -8,7 +8,9 @@ for every worker a sweep starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ from ray.tune import Checkpoint
 
 from slotsweep.config_io import ConfigError
 from slotsweep.data.format import ShardError
-from slotsweep.files import atomic_write
-from slotsweep.sweep.ledger import ended_before
+from slotsweep.sweep.ledger import Ledger
+from slotsweep.sweep.location import Location
 from slotsweep.sweep.placement import placement
 from slotsweep.sweep.spec import Sweep
 from slotsweep.training import checkpoint as ckpt
@@ -28,19 +30,19 @@ RESENT = "slotsweep/resent"  # a result sent again from the trial's checkpoint
 REPLAYED = "slotsweep/replayed"  # a ledger entry's result, handed to Tune without training
 
 
-def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -> None:
-    """The Tune trainable: build the TrialConfig, resume, and run the shared trainer."""
+def run_trial(params: dict[str, Any], *, sweep: Sweep, instance: str) -> None:
+    """The Tune trainable: build the TrialConfig, resume, and run the shared trainer.
+    `instance`: the sweep instance's folder (local path or URI)."""
     ctx = tune.get_context()
-    recorded = ended_before(Path(ledger), ctx.get_trial_id(), params)
+    recorded = Ledger(instance).ended_before(ctx.get_trial_id(), params)
     if recorded is not None:
         # This trial (or one with exactly these parameters) ended before the driver died,
         # after Tune's last snapshot: do not train again; hand Tune the recorded result.
         tune.report({**recorded["metrics"], REPLAYED: 1})
         return
     config = sweep.trial_config(params)
-    # The trainer's own checkpoints live under the sweep's storage (not Ray's per-session
-    # staging dir), so that a resumed trial finds them after the driver restarts.
-    workdir = Path(work) / ctx.get_trial_id()
+    shared = Location.of(instance) / "work" / ctx.get_trial_id()
+    workdir = trainer_workdir(shared)
     restored = tune.get_checkpoint()
     local = ckpt.latest(workdir / "checkpoints")
     resume_from = local
@@ -70,8 +72,8 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
         # may hold it twice.
         report({**resent, RESENT: 1}, str(local))
 
-    failed = workdir / FAILED
-    if failed.is_file():
+    failed = shared / FAILED
+    if failed.exists():
         # A retry (FailureConfig) of a trial whose error does not depend on the worker:
         # training again would fail the same way, so fail at once with the same message.
         raise TrialFailed(json.loads(failed.read_text())["error"])
@@ -80,9 +82,20 @@ def run_trial(params: dict[str, Any], *, sweep: Sweep, ledger: str, work: str) -
             log=lambda s: print(s, flush=True))
     except DETERMINISTIC as exc:
         message = f"{type(exc).__name__}: {exc}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        atomic_write(failed, json.dumps({"error": message}))
+        shared.mkdir()
+        failed.write(json.dumps({"error": message}))
         raise TrialFailed(message) from None
+
+
+def trainer_workdir(shared: Location) -> Path:
+    """Where the trainer keeps its own checkpoints. On a local (or NFS) storage, the
+    trial's folder there, so that a resumed trial finds them after the driver restarts.
+    On object storage, a folder on this node's disk: the trainer writes plain files, and
+    Tune uploads each checkpoint it reports to the storage, where any node resumes it."""
+    if not shared.remote:
+        return shared.path
+    root = Path(os.environ.get("SLOTSWEEP_WORK", Path.home() / ".cache/slotsweep/work"))
+    return root / hashlib.sha256(shared.parent.uri.encode()).hexdigest()[:16] / shared.name
 
 
 class TrialFailed(RuntimeError):
