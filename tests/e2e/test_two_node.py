@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,153 +19,46 @@ from pathlib import Path
 import pytest
 
 from slotsweep.sweep.trial import RESENT
+from tests.support.ray_nodes import (
+    FAST_NODE_DEATH,
+    HEAD_IP,
+    WORKER_IP,
+    free_port_on,
+    log_tail,
+    raylet_pid,
+    stop_node,
+    two_nodes,
+    wait_for_port,
+)
 from tests.support.sweeps import (
     check_one_finished_run_per_trial,
     end_session,
     ledger,
-    session_processes,
     sweep_file,
     trial_results,
 )
 
 pytestmark = pytest.mark.slow
 
-HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 RAY = str(Path(sys.executable).with_name("ray"))
-
-ALIVE_NODES = """
-import ray
-ray.init(address={address!r}, logging_level="ERROR", log_to_driver=False)
-print("alive", sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]))
-"""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
-
-
-def _stop_node(proc: subprocess.Popen) -> None:
-    """SIGTERM the blocking `ray start` (it drains the node and stops its processes),
-    then SIGKILL, by PID, whatever is left in its session."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=40)  # Ray drains a node for up to 30 s
-    end_session(proc.pid)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-
-
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen, log: Path,
-                   timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the Ray head exited with {proc.returncode}:\n{_tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-            return
-        time.sleep(0.5)
-    pytest.fail(f"the Ray head's GCS did not listen on {host}:{port} within {timeout:.0f} s:"
-                f"\n{_tail(log)}")
-
-
-def _wait_for_nodes(address: str, env: dict[str, str], nodes: dict[str, tuple], *,
-                    timeout: float) -> None:
-    """Poll `ray.nodes()` from a short subprocess until every node is alive."""
-    want = sorted(nodes)
-    seen, deadline = "nothing yet", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for ip, (proc, log) in nodes.items():
-            if proc.poll() is not None:
-                pytest.fail(f"`ray start` of node {ip} exited with {proc.returncode}:\n"
-                            f"{_tail(log)}")
-        try:
-            probe = subprocess.run([sys.executable, "-c", ALIVE_NODES.format(address=address)],
-                                   env=env, capture_output=True, text=True, timeout=60,
-                                   start_new_session=True)
-            out = [line for line in probe.stdout.splitlines() if line.startswith("alive ")]
-            seen = out[-1] if out else f"rc {probe.returncode}: {probe.stderr[-1500:]}"
-            if out and out[-1] == f"alive {want}":
-                return
-        except subprocess.TimeoutExpired:
-            seen = "ray.nodes() probe timed out"
-        time.sleep(1)
-    logs = "\n".join(f"--- node {ip}:\n{_tail(log, 1500)}" for ip, (_, log) in nodes.items())
-    pytest.fail(f"the Ray cluster at {address} did not show {len(want)} alive nodes {want} "
-                f"within {timeout:.0f} s; last probe: {seen}\n{logs}")
-
-
-@contextlib.contextmanager
-def _cluster(tmp_path: Path, **extra_env: str):
-    """A head on 127.0.0.2 and a worker on 127.0.0.3, one CPU each; yields
-    (address, env, nodes) with nodes = {ip: (`ray start --block` process, its log)}.
-
-    Both `ray start --block` processes lead their own session; on exit they are stopped
-    by PID (never `ray stop`, which would kill every Ray process on the machine)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", **extra_env)
-    # Ray's unix sockets live under the temp dir: keep its path short (~107 chars max).
-    temp_dir = tempfile.mkdtemp(prefix="/tmp/rt")
-    port = _free_port(HEAD_IP)
-    address = f"{HEAD_IP}:{port}"
-    started: list[subprocess.Popen] = []
-    nodes: dict[str, tuple[subprocess.Popen, Path]] = {}
-
-    def start(ip: str, *args: str) -> None:
-        log = tmp_path / f"ray-{ip}.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [RAY, "start", *args, f"--node-ip-address={ip}", "--num-cpus=1", "--block",
-                 "--disable-usage-stats"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        started.append(proc)
-        nodes[ip] = (proc, log)
-
-    try:
-        start(HEAD_IP, "--head", f"--port={port}", f"--temp-dir={temp_dir}",
-              "--include-dashboard=false")
-        _wait_for_port(HEAD_IP, port, started[0], nodes[HEAD_IP][1], timeout=90)
-        start(WORKER_IP, f"--address={address}")
-        _wait_for_nodes(address, env, nodes, timeout=120)
-        yield address, env, nodes
-    finally:
-        for proc in reversed(started):  # the worker first, then the head
-            _stop_node(proc)  # also ends what a killed node left behind, by PID
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
 def two_node_cluster(tmp_path):
     """A head on 127.0.0.2 and a worker on 127.0.0.3, one CPU each; yields (address, env)."""
-    with _cluster(tmp_path) as (address, env, _):
+    with two_nodes(tmp_path) as (address, env, _):
         yield address, env
-
-
-# The GCS marks a node dead after `failure_threshold` failed health checks, one every
-# `period_ms` (Ray's defaults: 5 x 3 s after a 5 s delay, plus up to 10 s per timed-out
-# check). A SIGKILLed raylet refuses connections at once, so this notices it in ~5 s,
-# while a live raylet slowed by a busy machine still has 5 x 2 s to answer.
-FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000",
-                   "RAY_health_check_timeout_ms": "2000",
-                   "RAY_health_check_failure_threshold": "5"}
 
 
 @pytest.fixture
 def fragile_two_node_cluster(tmp_path):
     """Its own two-node cluster (the test kills its worker node), quick to notice a dead
     node; yields (address, env, the worker's `ray start --block` process)."""
-    with _cluster(tmp_path, **FAST_NODE_DEATH) as (address, env, nodes):
+    with two_nodes(tmp_path, **FAST_NODE_DEATH) as (address, env, nodes):
         yield address, env, nodes[WORKER_IP][0]
 
 
-def test_sweep_uses_both_nodes_of_a_two_node_cluster(tmp_path, dsprites16, two_node_cluster):
+def test_sweep_uses_both_nodes_of_a_two_nodetwo_nodes(tmp_path, dsprites16, two_node_cluster):
     address, env = two_node_cluster
     path = sweep_file(tmp_path, dsprites16,
                       search={"num_samples": 4, "max_concurrent": 2, "seed": 0},
@@ -192,13 +84,6 @@ def test_sweep_uses_both_nodes_of_a_two_node_cluster(tmp_path, dsprites16, two_n
     assert node_ips == {HEAD_IP, WORKER_IP}, f"trials ran on {sorted(node_ips)} only"
 
     check_one_finished_run_per_trial(storage, results, steps=8)
-
-
-def _raylet_pid(session: int, ip: str) -> int | None:
-    """The PID of the `raylet` of node `ip` among the processes of `session` (the
-    node's `ray start --block` leads it)."""
-    return next((pid for pid, argv in session_processes(session)
-                 if Path(argv[0]).name == "raylet" and f"--node_ip_address={ip}" in argv), None)
 
 
 def _results_or_none(storage: Path) -> dict[str, list[dict]]:
@@ -233,7 +118,7 @@ def test_worker_node_killed_mid_trial_resumes_on_the_head(tmp_path, dsprites16,
             for trial_id, rows in _results_or_none(storage).items():
                 on_worker = [r for r in rows if r.get("node_ip") == WORKER_IP]
                 if len(on_worker) >= 2 and on_worker[-1]["step"] < steps:
-                    raylet = _raylet_pid(worker.pid, WORKER_IP)
+                    raylet = raylet_pid(worker.pid, WORKER_IP)
                     assert raylet is not None, f"no raylet of {WORKER_IP} in /proc"
                     os.kill(raylet, signal.SIGKILL)
                     victim, killed_at = trial_id, on_worker[-1]["step"]
@@ -339,7 +224,7 @@ def test_without_address_a_sweep_joins_ray_start_never_another_sweeps_ray(tmp_pa
         joined, gcs = _join(env)
         assert joined == "local" and gcs != other_gcs
 
-        port = _free_port(HEAD_IP)
+        port = free_port_on(HEAD_IP)
         log = tmp_path / "head.log"
         with log.open("w") as out:
             head = subprocess.Popen(
@@ -349,19 +234,19 @@ def test_without_address_a_sweep_joins_ray_start_never_another_sweeps_ray(tmp_pa
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         started.append(head)
-        _wait_for_port(HEAD_IP, port, head, log, timeout=90)
+        wait_for_port(HEAD_IP, port, head, log, timeout=90)
         deadline = time.monotonic() + 90  # `ray start` records the address once it is up
         while not record.is_file() and head.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert record.is_file(), _tail(log)
+        assert record.is_file(), log_tail(log)
         assert record.read_text().strip() == f"{HEAD_IP}:{port}"
         assert _join(env) == (f"{HEAD_IP}:{port}", f"{HEAD_IP}:{port}")
 
-        _stop_node(head)
+        stop_node(head)
         record.write_text(f"{HEAD_IP}:{port}")  # as a killed cluster leaves it
         joined, gcs = _join(env)
         assert joined == "local" and gcs not in (other_gcs, f"{HEAD_IP}:{port}")
     finally:
         for proc in reversed(started):
-            _stop_node(proc)
+            stop_node(proc)
         shutil.rmtree(base, ignore_errors=True)
