@@ -108,12 +108,20 @@ def pick_instance(sweep_dir: Location, fresh: bool) -> Location:
 
 
 def dataset_id(config: TrialConfig) -> str:
-    path = Path(config.data.train)
-    if not (path / MANIFEST).is_file():
-        return "unprepared"
-    manifest = read_manifest(path)
-    digest = "".join(s["sha256"][:8] for s in manifest["shards"])[:64]
-    return f"{path.name}:{manifest['num_rows']}:{digest}"
+    """`NAME:ROWS:DIGEST` of the training split's manifest (local, or read in object
+    storage without fetching the shards), for the runs' `dataset_manifest` tag."""
+    where = Location.of(config.data.train)
+    try:
+        if where.remote:
+            manifest = json.loads((where / MANIFEST).read_text())
+        elif (where.path / MANIFEST).is_file():
+            manifest = read_manifest(where.path)
+        else:
+            return "unprepared"
+        digest = "".join(s["sha256"][:8] for s in manifest["shards"])[:64]
+        return f"{where.name}:{manifest['num_rows']}:{digest}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable"  # a trial names what is wrong when it opens the split
 
 
 def experiments_of(instance: Location) -> list[Location]:

@@ -22,7 +22,7 @@ from slotsweep.data.reader import ShardDataset
 from slotsweep.data.remote import VERIFIED, local_split
 from slotsweep.data.writer import ShardWriter
 from slotsweep.files import sha256_file, stale_temporaries
-from tests.support.servers import make_bucket, s3_server
+from tests.support.servers import iam_credentials, make_bucket, s3_server
 from tests.support.shard_cache import open_at_once
 from tests.support.sweeps import end_session
 
@@ -193,19 +193,11 @@ def test_wrong_credentials_are_named(dsprites16, tmp_path, monkeypatch):
     its key and its policy) go unchecked, every later one needs that key."""
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "3")
     with s3_server(tmp_path / "moto.log") as env:
-        iam = boto3.client("iam", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
-        iam.create_user(UserName="reader")
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17",
-             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        env |= {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        env = iam_credentials(env, "reader")
         make_bucket(env, BUCKET)
         uri = upload(env, dsprites16 / "val", "auth/val")
 
-        for key_id, secret in ((key["AccessKeyId"], "wrong"), ("AKIAWRONGKEY", "wrong")):
+        for key_id, secret in ((env["AWS_ACCESS_KEY_ID"], "wrong"), ("AKIAWRONGKEY", "wrong")):
             use(monkeypatch, env | {"AWS_ACCESS_KEY_ID": key_id,
                                     "AWS_SECRET_ACCESS_KEY": secret})
             with pytest.raises(ShardError) as err:

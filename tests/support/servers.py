@@ -218,3 +218,22 @@ class Gate:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+def iam_credentials(env: dict[str, str], user: str) -> dict[str, str]:
+    """`env` with the key of a new IAM user allowed all of S3, for a `moto_server` that
+    checks signatures (started with INITIAL_NO_AUTH_ACTION_COUNT=3: these three requests
+    go unchecked, every later one needs a real key)."""
+    import json
+
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    return {**env, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
