@@ -111,10 +111,18 @@ def test_nodes_sharing_only_a_bucket_run_and_resume_trials(tmp_path, dsprites16)
         assert victim is not None, f"no trial checkpointed on {WORKER_IP} (rc {driver.returncode})"
         assert driver.returncode == 0, f"stdout:\n{out[-2000:]}\nstderr:\n{err[-4000:]}"
 
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(url)
+        runs = client.search_runs([client.get_experiment_by_name("bucket").experiment_id])
+        tags = {r.data.tags.get("dataset_manifest") for r in runs
+                if r.data.tags.get("slotsweep.role") == "trial"}
         results = _results(s3, "sweeps/tiny/run-001/")
         ledger = [json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())
                   for k in _keys(s3, "sweeps/tiny/run-001/ledger/")]
 
+    # The runs name the bucket's split by its manifest (read without fetching shards).
+    assert len(tags) == 1 and tags.pop().startswith("train:64:"), tags
     # Nothing of the sweep is in a folder: each node fetched the shards into its own cache.
     assert not (tmp_path / "storage").exists()
     for ip, d in node.items():
