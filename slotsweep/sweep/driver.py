@@ -94,9 +94,12 @@ def sweep_location(sweep: Sweep, storage: str | None) -> Location:
 
 
 def instance_dirs(sweep_dir: Location | Path) -> list[Location]:
-    if isinstance(sweep_dir, Path):
-        sweep_dir = Location.of(sweep_dir)
-    return sweep_dir.children("run-*")
+    return _location(sweep_dir).children("run-*")
+
+
+def _location(where: Location | Path) -> Location:
+    """Callers outside the driver (the report, tests) may hold a local Path."""
+    return where if isinstance(where, Location) else Location.of(where)
 
 
 def pick_instance(sweep_dir: Location, fresh: bool) -> Location:
@@ -124,8 +127,8 @@ def dataset_id(config: TrialConfig) -> str:
         return "unreadable"  # a trial names what is wrong when it opens the split
 
 
-def experiments_of(instance: Location) -> list[Location]:
-    return instance.children("tune-*")
+def experiments_of(instance: Location | Path) -> list[Location]:
+    return _location(instance).children("tune-*")
 
 
 def experiment_complete(experiment: Location) -> bool:
@@ -140,8 +143,9 @@ def experiment_complete(experiment: Location) -> bool:
     return not plan.exists() or len(trials) >= json.loads(plan.read_text())["trials"]
 
 
-def collect(instance: Location) -> list[TrialRecord]:
+def collect(instance: Location | Path) -> list[TrialRecord]:
     """Every trial of every Tune experiment of this instance, with its last result."""
+    instance = _location(instance)
     ledger = Ledger(instance).read()
     records: dict[str, TrialRecord] = {}
     copied: list[tuple[str, dict[str, Any]]] = []  # re-suggested copies: (id, config)
