@@ -36,7 +36,6 @@ TAG_FRONT = "slotsweep.pareto_front"  # "true" / "false": a multi-objective swee
 
 TAG_WORKDIR = "slotsweep.workdir"  # a single `slotsweep train` run: its checkpoint folder
 
-_TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 PAGE = 1000  # runs per search request; every search pages through all of them
 
 
@@ -112,13 +111,13 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
 
 
 def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], *, step: int,
-                 timestamp_ms: int) -> None:
-    """The finite numbers of `metrics` at `step`, in batches of 500."""
+                 timestamp_ms: int, synchronous: bool = True) -> list:
+    """The finite numbers of `metrics` at `step`, in batches of 500; queued unless `synchronous`."""
     batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)
              and math.isfinite(float(v))]
-    for start in range(0, len(batch), 500):
-        client.log_batch(run_id, metrics=batch[start:start + 500])
+    return [client.log_batch(run_id, metrics=batch[start:start + 500], synchronous=synchronous)
+            for start in range(0, len(batch), 500)]
 
 
 def _logged_step(client: MlflowClient, run_id: str) -> int:
@@ -139,12 +138,12 @@ class SweepTracker:
         self._parent: str | None = None
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._queued: dict[str, list] = {}  # run id -> its last result's logging operations
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into its experiment state: keep only the settings.
-        state = self.__dict__.copy()
-        state.update(_client=None, _experiment_id=None, _parent=None, _runs={}, _last_step={})
-        return state
+        return {**self.__dict__, "_client": None, "_experiment_id": None, "_parent": None,
+                "_runs": {}, "_last_step": {}, "_queued": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -203,6 +202,7 @@ class SweepTracker:
                                             tags=all_tags).info.run_id
             _log_params(self.client, run_id, params)
             self.client.log_text(run_id, config_yaml, "config.yaml")
+            self._last_step[run_id] = -1  # a new run: no step to look up
         self._runs[trial_id] = run_id
         return run_id
 
@@ -213,18 +213,28 @@ class SweepTracker:
 
     def log_result(self, run_id: str, metrics: dict[str, Any], *, step: int,
                    timestamp_ms: int) -> bool:
-        """Log one evaluation's metrics at `step` unless MLflow already has that step."""
+        """Log one evaluation's metrics at `step` unless MLflow already has that step:
+        queued (a trial's report waits for the driver), once the run's previous one is in."""
         if step <= self.last_step(run_id):
             return False
-        _log_metrics(self.client, run_id, metrics, step=step, timestamp_ms=timestamp_ms)
+        self.wait(run_id)
+        self._queued[run_id] = _log_metrics(self.client, run_id, metrics, step=step,
+                                            timestamp_ms=timestamp_ms, synchronous=False)
         self._last_step[run_id] = step
         return True
+
+    def wait(self, run_id: str | None = None) -> None:
+        """Until the run's (None: every run's) queued metrics are stored; raises what failed."""
+        for run in [run_id] if run_id else list(self._queued):
+            for operation in self._queued.pop(run, []):
+                operation.wait()
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def end_trial(self, run_id: str, *, outcome: str, error: str | None = None) -> None:
         """outcome: finished | stopped early | failed."""
+        self.wait(run_id)
         tags = [RunTag(TAG_OUTCOME, outcome)]
         if error:
             tags.append(RunTag(TAG_ERROR, error[:4000]))
@@ -236,6 +246,7 @@ class SweepTracker:
     def interrupt_trial(self, run_id: str) -> None:
         """The sweep stopped (Ctrl-C) with this trial unfinished: KILLED in MLflow's UI,
         outcome "interrupted" until a rerun resumes it (which clears the outcome)."""
+        self.wait(run_id)
         self.client.set_tag(run_id, TAG_OUTCOME, "interrupted")
         self.client.set_terminated(run_id, status="KILLED")
 

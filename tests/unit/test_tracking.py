@@ -67,3 +67,43 @@ def test_the_old_names_in_pickles_resolve():
     legacy.register_old_modules()
     for old, new in legacy.OLD_MODULES.items():
         assert sys.modules[old] is importlib.import_module(new)
+
+
+def test_results_are_queued_and_every_step_is_stored_once(tmp_path):
+    """log_result queues (a trial's report waits for the driver) but stores a run's
+    previous result before queueing the next, and ending the trial waits for the last:
+    then MLflow holds every step of every metric once, and a resumed driver logs none
+    of them again. A result MLflow refuses fails the trial's end instead of vanishing.
+    The tracker pickles (Tune saves it) with results in flight, and Tune's snapshot of
+    the experiment (the callback's get_state) waits until every queued result is in."""
+    import pickle
+
+    from mlflow.exceptions import MlflowException
+
+    from slotsweep.sweep.callback import TrackingCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "queued", "queued", "queued/run-001",
+                           artifact_root=tmp_path / "artifacts")
+    run = tracker.trial_run("t0", name="t0", params={}, tags={}, config_yaml="{}")
+    client = MlflowClient(uri)
+    for step in (100, 200, 300):
+        assert tracker.log_result(run, {"step": step, "val/mbo": step / 1000}, step=step,
+                                  timestamp_ms=step)
+        stored = {m.step for m in client.get_metric_history(run, "val/mbo")}
+        assert stored >= {s for s in (100, 200) if s < step}  # the previous one, at least
+    assert pickle.loads(pickle.dumps(tracker)).uri == uri
+    TrackingCallback("sweep", tracker, tmp_path / "ledger", "data").get_state()
+    assert sorted(m.step for m in client.get_metric_history(run, "val/mbo")) == [100, 200, 300]
+    assert not tracker.log_result(run, {"step": 200}, step=200, timestamp_ms=1)
+    tracker.end_trial(run, outcome="finished")
+    for key in ("step", "val/mbo"):
+        assert sorted(m.step for m in client.get_metric_history(run, key)) == [100, 200, 300]
+    resumed = SweepTracker(uri, "queued", "queued", "queued/run-001")
+    assert not resumed.log_result(run, {"step": 300}, step=300, timestamp_ms=2)
+
+    other = tracker.trial_run("t1", name="t1", params={}, tags={}, config_yaml="{}")
+    client.delete_run(other)  # MLflow refuses metrics for a deleted run
+    assert tracker.log_result(other, {"step": 100}, step=100, timestamp_ms=3)
+    with pytest.raises(MlflowException, match="active"):
+        tracker.end_trial(other, outcome="finished")
