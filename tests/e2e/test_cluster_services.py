@@ -67,7 +67,8 @@ def test_mlflow_server_binds_the_private_address(tmp_path):
     proc = run_stubbed(command, tmp_path, {
         "hostname": "echo '10.0.3.7 172.17.0.1 '",  # `hostname -I`: private address first
         "curl": "exit 7",  # no MLflow answering yet
-        "mlflow": f"echo \"$MLFLOW_SERVER_ENABLE_JOB_EXECUTION\" > {tmp_path}/job_execution",
+        "mlflow": (f"echo \"$MLFLOW_SERVER_ENABLE_JOB_EXECUTION $MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"
+                   f" $MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW\" > {tmp_path}/job_execution"),
     }, {"SLOTSWEEP_BUCKET": "my-bucket"})
     assert proc.returncode == 0, proc.stderr
     deadline = time.monotonic() + 20  # the server is started in the background
@@ -83,7 +84,8 @@ def test_mlflow_server_binds_the_private_address(tmp_path):
     # Artifacts proxied to the bucket: clients get mlflow-artifacts:/ URIs, never s3://.
     assert params["artifacts_destination"] == "s3://my-bucket/mlartifacts"
     assert params["serve_artifacts"] and params["default_artifact_root"] is None
-    assert (tmp_path / "job_execution").read_text().strip() == "false"
+    # No job runner; a database pool that 32+ concurrent clients do not exhaust.
+    assert (tmp_path / "job_execution").read_text().split() == ["false", "80", "0"]
 
     # Nothing anywhere binds every interface (comments may say why not).
     config = load()
