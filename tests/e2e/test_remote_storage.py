@@ -50,7 +50,10 @@ def s3_env(remote, monkeypatch):
 def _s3(endpoint: str | None = None):
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint or os.environ["AWS_ENDPOINT_URL"])
+    # A new session reads the credentials now in the environment: the default session
+    # keeps those it first saw, which a test that changes keys has made wrong.
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint or os.environ["AWS_ENDPOINT_URL"])
 
 
 def _keys(bucket: str, prefix: str, endpoint: str | None = None) -> list[str]:
