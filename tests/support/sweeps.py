@@ -93,6 +93,14 @@ def run(path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedPro
                             text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)  # the driver prints its threads' stacks
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired as exc:
+            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        raise AssertionError(f"the sweep ran past {timeout} s; its driver's stacks:\n"
+                             f"{(err or '')[-12000:]}") from None
     finally:
         end_session(proc.pid)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
