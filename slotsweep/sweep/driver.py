@@ -57,6 +57,7 @@ from slotsweep.sweep.tracking import (
     default_tracking_uri,
 )
 from slotsweep.sweep.trial import REPLAYED, run_trial
+from slotsweep.sweep.tune_logs import skip_tensorboard
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("finished", "stopped early", "failed")
@@ -322,6 +323,7 @@ def _configure_tune() -> None:
     # that checkpoints every few seconds (the tests' tiny ones) makes it warn each time
     # that snapshots are frequent and advise fewer checkpoints. Those snapshots are wanted.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    skip_tensorboard()  # its logger fsyncs after every result, in the driver's loop
     atomic_local_uploads()
     register_old_modules()  # the pickles of a storage written by an older layout
 
