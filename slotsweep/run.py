@@ -6,7 +6,8 @@
     python -m slotsweep.run quickstart --num-samples 12  # extend a finished sweep
     python -m slotsweep.run quickstart --dry-run       # validate and show, start nothing
 
-A driver that seems stuck prints every thread's stack to stderr on `kill -USR1 PID`.
+A driver that seems stuck prints every thread's stack to stderr on `kill -USR2 PID`
+(Tune takes SIGUSR1 as Ctrl-C).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep is None:
         p.error("name a sweep: " + ", ".join(known_sweeps()) + " (or a path to a YAML)")
     setup_logging(args.verbose - args.quiet)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # see the module's docstring
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # see the module's docstring
     from slotsweep.config_io import ConfigError, parse_override
     from slotsweep.data.format import ShardError
     from slotsweep.sweep import console

@@ -94,7 +94,7 @@ def run(path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedPro
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGUSR1)  # the driver prints its threads' stacks
+        os.kill(proc.pid, signal.SIGUSR2)  # the driver prints its threads' stacks
         try:
             _, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired as exc:

@@ -118,3 +118,30 @@ def test_the_shard_format_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_stuck_run_prints_its_threads_stacks_on_sigusr2(tmp_path):
+    """`kill -USR2` makes a waiting driver print where it waits, and it goes on waiting
+    (Tune keeps SIGUSR1 for itself: a graceful stop). Here it waits on a tracking server
+    that accepts the connection and never answers (no Ray start)."""
+    import os
+    import signal
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(120)
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slotsweep.run", "quickstart", "--storage",
+             str(tmp_path / "storage"), "--tracking-uri", f"http://127.0.0.1:{port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            conn, _ = silent.accept()  # the driver is in its server check now
+            os.kill(proc.pid, signal.SIGUSR2)
+            out, err = proc.communicate(timeout=120)  # the check's own timeout ends it
+            conn.close()
+        finally:
+            proc.kill()
+    assert "Current thread" in err and "check_tracking_server" in err, err[-3000:]
+    assert proc.returncode != -signal.SIGUSR2  # the signal did not end it
+    assert "127.0.0.1" in err  # the server check's own error came after the stacks
