@@ -176,6 +176,8 @@ def run_swept(sweep, args) -> dict[str, float]:
     ray.shutdown()
     assert len(result.trials) == args.trials, result.trials
     out["params"] = [rec.params for rec in result.trials]
+    # Tune's own clock of each trial: from its trainable's start to its last report.
+    out["trials"] = sum(float(rec.metrics["time_total_s"]) for rec in result.trials)
     return out
 
 
@@ -214,6 +216,43 @@ def print_tables(args, swept: dict, plain: dict | None) -> None:
     if plain:
         print(f"| `fit` in the baseline (the same trials) | {plain['fit_cpu']:.1f} |")
     print(f"| cores x sweep wall time | {2 * swept['wall']:.1f} |")
+    if plain:
+        print_split(args, swept, plain)
+
+
+# The paper's trial (PAPER.md): 500k steps; the paper-scale model trains at ~73 steps/s
+# on an H200 (docs/binding.md); a sweep reports (evaluation + checkpoint) every
+# `eval.every` = 5,000 steps by default (slotsweep/config.py).
+PAPER_STEPS, PAPER_STEPS_PER_S, PAPER_EVERY = 500_000, 73.0, 5_000
+
+
+def split(args, swept: dict, plain: dict) -> dict[str, float]:
+    """The overhead split in two, from Tune's clock of each trial: what a trial takes
+    longer inside the sweep than `fit` alone (per report: `tune.report` waits for the
+    driver, Tune persists the checkpoint), and the core-seconds no trial ran (per trial:
+    the sweep's own start and end, Optuna's suggestion, the actor's reset, setting up).
+    Then the overhead those two give a trial of the paper's length."""
+    reports = args.trials * (args.steps // args.eval_every)
+    per_report = (swept["trials"] - plain["inside"]) / reports
+    per_trial = (2 * swept["wall"] - swept["trials"]) / args.trials
+    paper_trial = PAPER_STEPS / PAPER_STEPS_PER_S
+    paper = (per_trial + per_report * PAPER_STEPS / PAPER_EVERY) / paper_trial
+    return {"reports": reports, "per_report": per_report, "per_trial": per_trial,
+            "paper_trial": paper_trial, "paper": paper}
+
+
+def print_split(args, swept: dict, plain: dict) -> None:
+    s = split(args, swept, plain)
+    print("\n| where the overhead goes | seconds |\n|---|---|")
+    print(f"| sum of the trials' time in the sweep (Tune's `time_total_s`) | "
+          f"{swept['trials']:.1f} |")
+    print(f"| in a trial, per report (sweep trial time - `fit` time) / {s['reports']} "
+          f"reports | {s['per_report']:.3f} |")
+    print(f"| between trials, per trial (cores x wall - trial time) / {args.trials} "
+          f"trials | {s['per_trial']:.2f} |")
+    print(f"| at the paper's trial length ({PAPER_STEPS:,} steps at {PAPER_STEPS_PER_S:.0f} "
+          f"steps/s = {s['paper_trial']:,.0f} s, a report every {PAPER_EVERY:,} steps) | "
+          f"{100 * s['paper']:.2f}% |")
 
 
 
