@@ -6,7 +6,8 @@ that logger fsyncs the trial's event file after every result, in the driver loop
 each trial's `tune.report` waits on (~17 ms a result on the 2-vCPU VM, BENCHMARKS.md).
 A sweep tracks in MLflow and never reads those files. Tune skips its own TensorBoard
 logger when one is already in the callbacks; `skip_tensorboard` names this one in
-RAY_TUNE_CALLBACKS, which Tune reads for new and restored experiments alike.
+RAY_TUNE_CALLBACKS, which Tune reads for new and restored experiments alike. (Ray
+releases that do not read it, such as the floor 2.41, keep writing the event files.)
 """
 
 from __future__ import annotations
