@@ -37,9 +37,8 @@ def atomic_local_uploads() -> None:
     those it had when this process last copied it, to a target still there, is skipped.
     The kernel stamps times at a clock tick's grain, so two writes of one size within a
     tick look alike: a file written less than `SETTLED_NS` before its copy is copied again
-    at the next upload whatever its signature says.
-    That cut the driver's upload thread from ~45 copies and 90 fsyncs a second to the
-    few files that changed (BENCHMARKS.md, sweep orchestration overhead).
+    at the next upload whatever its signature says. What is left to copy each second is
+    the experiment state and the running trials' logs.
     """
     from pyarrow import fs as pafs
     from ray.train._internal import storage

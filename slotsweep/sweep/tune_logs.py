@@ -2,8 +2,8 @@
 tests and `placement` read them), not TensorBoard event files.
 
 Tune adds its TensorBoard logger to every experiment when tensorboardX is installed;
-that logger fsyncs the trial's event file after every result, in the driver loop that
-each trial's `tune.report` waits on (~17 ms a result on the 2-vCPU VM, BENCHMARKS.md).
+that logger flushes the trial's event file after every result (tensorboardX fsyncs it),
+in the driver loop that each trial's `tune.report` waits on.
 A sweep tracks in MLflow and never reads those files. Tune skips its own TensorBoard
 logger when one is already in the callbacks; `skip_tensorboard` names this one in
 RAY_TUNE_CALLBACKS, which Tune reads for new and restored experiments alike. (Ray
