@@ -56,6 +56,23 @@ def _results(s3, prefix: str) -> dict[str, list[dict]]:
     return out
 
 
+def _steps_logged(url: str, trial_id: str) -> list[int]:
+    """The steps the driver logged to MLflow for a trial. Tune hands a trial its next
+    result only after registering the previous one's checkpoint, so two logged steps mean
+    the driver holds a checkpoint of the trial to resume it from."""
+    from mlflow.tracking import MlflowClient
+
+    from slotsweep.sweep.tracking import TAG_TRIAL
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("bucket")
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+    return [int(m.step) for r in runs for m in client.get_metric_history(r.info.run_id, "step")]
+
+
 def _running_on(work: Path) -> list[str]:
     """Trials whose trainer has checkpointed in this node's work folder."""
     return [d.name for d in work.glob("*/*") if list(d.glob("checkpoints/*"))]
@@ -96,9 +113,12 @@ def test_nodes_sharing_only_a_bucket_run_and_resume_trials(tmp_path, dsprites16)
             try:
                 deadline = time.monotonic() + 300
                 while victim is None and time.monotonic() < deadline and driver.poll() is None:
-                    checkpointed = {k for k in _keys(s3, "sweeps/") if "/checkpoint_" in k}
                     for trial_id in _running_on(node[WORKER_IP] / "work"):
-                        if any(f"_{trial_id}_" in k for k in checkpointed):
+                        # Kill only once the driver has a checkpoint of the trial: a checkpoint
+                        # in the bucket is not enough (Tune registers it on a later round trip
+                        # to the worker, which the kill may cut).
+                        logged = _steps_logged(url, trial_id)
+                        if len(logged) >= 2 and max(logged) <= steps - 10:
                             raylet = raylet_pid(worker.pid, WORKER_IP)
                             assert raylet is not None, f"no raylet of {WORKER_IP} in /proc"
                             os.kill(raylet, signal.SIGKILL)
@@ -108,7 +128,7 @@ def test_nodes_sharing_only_a_bucket_run_and_resume_trials(tmp_path, dsprites16)
                 out, err = driver.communicate(timeout=600)
             finally:
                 end_session(driver.pid)
-        assert victim is not None, f"no trial checkpointed on {WORKER_IP} (rc {driver.returncode})"
+        assert victim is not None, f"the driver held no checkpoint of a trial on {WORKER_IP} (rc {driver.returncode})"
         assert driver.returncode == 0, f"stdout:\n{out[-2000:]}\nstderr:\n{err[-4000:]}"
 
         from mlflow.tracking import MlflowClient
