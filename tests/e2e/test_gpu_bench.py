@@ -91,6 +91,7 @@ def test_device_script_trains_the_authors_model_and_resumes_run_a(device_run):
             else:  # resumed from benchmarks/results/device/A (109k steps on an H200)
                 assert curve[-1]["step"] == 109_002 and curve[-2]["step"] == 109_000
                 assert config["model"]["slot_init"] == "queries"
+                assert config["train"]["precision"] == "fp32"  # the smoke's (CPU) default
     assert "A resumes from benchmarks/results/device/A" in printed
     for folder in ("results", "out"):  # the script writes only under OUT and WORK
         assert not (ROOT / "benchmarks" / folder / "device" / "G").exists()
