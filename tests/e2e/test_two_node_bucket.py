@@ -128,7 +128,8 @@ def test_nodes_sharing_only_a_bucket_run_and_resume_trials(tmp_path, dsprites16)
                 out, err = driver.communicate(timeout=600)
             finally:
                 end_session(driver.pid)
-        assert victim is not None, f"the driver held no checkpoint of a trial on {WORKER_IP} (rc {driver.returncode})"
+        assert victim is not None, (
+            f"the driver held no checkpoint of a trial on {WORKER_IP} (rc {driver.returncode})")
         assert driver.returncode == 0, f"stdout:\n{out[-2000:]}\nstderr:\n{err[-4000:]}"
 
         from mlflow.tracking import MlflowClient
