@@ -107,3 +107,32 @@ def test_results_are_queued_and_every_step_is_stored_once(tmp_path):
     assert tracker.log_result(other, {"step": 100}, step=100, timestamp_ms=3)
     with pytest.raises(MlflowException, match="active"):
         tracker.end_trial(other, outcome="finished")
+
+
+def test_ending_a_trial_sets_status_and_end_time_and_leaves_others_logging(tmp_path):
+    """A trial's run ends with its status and end time (what set_terminated would set)
+    and its queued metrics stored; another trial's queued results still arrive after it."""
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "ends", "ends", "ends/run-001", artifact_root=tmp_path / "a")
+    client = MlflowClient(uri)
+    runs = {t: tracker.trial_run(t, name=t, params={}, tags={}, config_yaml="{}")
+            for t in ("done", "stopped", "cut", "goes_on")}
+    for run in runs.values():
+        assert tracker.log_result(run, {"step": 2, "val/mbo": 0.5}, step=2, timestamp_ms=1)
+    before = int(time.time() * 1000)
+    tracker.end_trial(runs["done"], outcome="finished")
+    tracker.end_trial(runs["stopped"], outcome="stopped early")
+    tracker.interrupt_trial(runs["cut"])
+    after = int(time.time() * 1000)
+    assert tracker.log_result(runs["goes_on"], {"step": 4, "val/mbo": 0.6}, step=4,
+                              timestamp_ms=2)
+    tracker.wait()
+    for trial, status in (("done", "FINISHED"), ("stopped", "KILLED"), ("cut", "KILLED")):
+        info = client.get_run(runs[trial]).info
+        assert info.status == status, trial
+        assert info.end_time is not None and before <= info.end_time <= after, trial
+        assert [m.step for m in client.get_metric_history(runs[trial], "val/mbo")] == [2]
+    assert client.get_run(runs["goes_on"]).info.status == "RUNNING"
+    assert [m.step for m in client.get_metric_history(runs["goes_on"], "val/mbo")] == [2, 4]
