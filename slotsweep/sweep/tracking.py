@@ -75,10 +75,9 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
-            "(mlflow server --host 127.0.0.1 ...), fix --tracking-uri / "
-            "$MLFLOW_TRACKING_URI, or unset them for the sqlite store in the sweep's "
-            "storage") from None
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (mlflow "
+            "server --host 127.0.0.1 ...), fix --tracking-uri / $MLFLOW_TRACKING_URI, or "
+            "unset them for the sqlite store in the sweep's storage") from None
 
 
 def git_commit() -> str:
@@ -118,18 +117,6 @@ def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], *, 
              and math.isfinite(float(v))]
     return [client.log_batch(run_id, metrics=batch[start:start + 500], synchronous=synchronous)
             for start in range(0, len(batch), 500)]
-
-
-def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
-    """`client.set_terminated(run_id, status)` less its shut-down of MLflow's asynchronous
-    logging queue: that joins the queue's thread, which polls with a 1 s timeout, so it
-    held Tune's loop up to a second at every trial's end (py-spy on the driver: 2.4 s of a
-    3-trial sweep's 33 s). The caller awaits the run's own queued metrics first (`wait`);
-    `end_sweep` keeps set_terminated, which drains the queue once, at the end. The store
-    call is the one set_terminated makes (MLflow has no public end-time setter)."""
-    client._tracking_client.store.update_run_info(
-        run_id, run_status=RunStatus.from_string(status), end_time=int(time.time() * 1000),
-        run_name=None)
 
 
 def _logged_step(client: MlflowClient, run_id: str) -> int:
@@ -244,6 +231,11 @@ class SweepTracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def _end(self, run_id: str, status: str) -> None:
+        # set_terminated less its async-queue shut-down: ~1 s in Tune's loop (a join)
+        self.client._tracking_client.store.update_run_info(
+            run_id, RunStatus.from_string(status), int(time.time() * 1000), None)
+
     def end_trial(self, run_id: str, *, outcome: str, error: str | None = None) -> None:
         """outcome: finished | stopped early | failed."""
         self.wait(run_id)
@@ -251,16 +243,14 @@ class SweepTracker:
         if error:
             tags.append(RunTag(TAG_ERROR, error[:4000]))
         self.client.log_batch(run_id, tags=tags)
-        status = {"failed": RunStatus.FAILED, "stopped early": RunStatus.KILLED}.get(
-            outcome, RunStatus.FINISHED)
-        _end_run(self.client, run_id, RunStatus.to_string(status))
+        self._end(run_id, {"failed": "FAILED", "stopped early": "KILLED"}.get(outcome, "FINISHED"))
 
     def interrupt_trial(self, run_id: str) -> None:
         """The sweep stopped (Ctrl-C) with this trial unfinished: KILLED in MLflow's UI,
         outcome "interrupted" until a rerun resumes it (which clears the outcome)."""
         self.wait(run_id)
         self.client.set_tag(run_id, TAG_OUTCOME, "interrupted")
-        _end_run(self.client, run_id, "KILLED")
+        self._end(run_id, "KILLED")
 
     def discard_trial(self, run_id: str, *, reason: str) -> None:
         """A run for a trial that no Tune experiment recorded (its driver died first):
@@ -319,13 +309,12 @@ class RunTracker:
             self.run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
                 self.client.update_run(self.run_id, status="RUNNING")
-            self.client.log_text(self.run_id, config_yaml, "config.yaml")
         else:
             self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
                 TAG_WORKDIR: workdir_tag, TAG_ROLE: "train", "git_commit": git_commit(),
             }).info.run_id
             _log_params(self.client, self.run_id, params)
-            self.client.log_text(self.run_id, config_yaml, "config.yaml")
+        self.client.log_text(self.run_id, config_yaml, "config.yaml")
         self.last_step = _logged_step(self.client, self.run_id)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
@@ -375,9 +364,8 @@ def read_trial_runs(client: MlflowClient, experiment_id: str, instance: str | No
                     histories: tuple[str, ...] = ()) -> list[TrialRun]:
     """Every trial run of a sweep instance (`sweep/run-001`; every instance if None),
     with the full history of each metric named in `histories` that the run has."""
-    query = f"tags.`{TAG_ROLE}` = 'trial'"
-    if instance:
-        query += f" and tags.`{TAG_INSTANCE}` = '{instance}'"
+    query = f"tags.`{TAG_ROLE}` = 'trial'" + (
+        f" and tags.`{TAG_INSTANCE}` = '{instance}'" if instance else "")
     out = []
     for run in search_all(client, [experiment_id], query):
         tags = run.data.tags
